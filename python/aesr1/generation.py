@@ -1,0 +1,158 @@
+"""Batched sampling of scoring completions with `transformers` `generate` (KV cache).
+
+`generate_rollouts` returns token ids and masks in the RL layout of `aesr1.modeling.chat`
+(left-padded prompts, right-padded completions); `generate_completions` returns decoded text per image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aesr1.modeling.chat import build_inputs, join_completions, model_inputs
+from aesr1.prompts import SCORING_PROMPT
+
+
+@dataclass
+class SamplingConfig:
+    """Sampling settings.
+
+    Attributes:
+        num_samples: completions per image (K of RAPO).
+        temperature: softmax temperature; ignored when `do_sample` is False.
+        top_p: nucleus sampling mass (1.0 = off).
+        top_k: top-k cut (0 = off).
+        max_new_tokens: cap on completion length (Appendix C uses 1024).
+        do_sample: sample (True) or greedy decode (False).
+    """
+
+    num_samples: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 1024
+    do_sample: bool = True
+
+    def __post_init__(self) -> None:
+        if self.num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.do_sample and self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0 when sampling, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must lie in (0, 1], got {self.top_p}")
+
+
+@dataclass
+class Rollout:
+    """Completions sampled for a batch of images, `num_samples` consecutive rows per image.
+
+    `batch` holds the joined prompt+completion tensors (`input_ids`, `attention_mask`, vision inputs,
+    `completion_ids`, `completion_mask`, `prompt_length`), `texts` the decoded completions.
+    """
+
+    batch: dict[str, Any]
+    texts: list[str]
+    num_samples: int
+
+    @property
+    def completion_ids(self):
+        return self.batch["completion_ids"]
+
+    @property
+    def completion_mask(self):
+        return self.batch["completion_mask"]
+
+
+def completion_mask_until_eos(completion_ids, eos_token_id: int):
+    """1 up to and including the first `eos_token_id` of each row, 0 after it."""
+    import torch
+
+    is_eos = completion_ids == eos_token_id
+    seen_before = torch.cumsum(is_eos.long(), dim=1) - is_eos.long()
+    return (seen_before == 0).long()
+
+
+def generate_rollouts(
+    model,
+    processor,
+    images: Sequence[Any],
+    sampling: SamplingConfig | None = None,
+    *,
+    prompt: str = SCORING_PROMPT,
+    seed: int | None = None,
+) -> Rollout:
+    """Sample `sampling.num_samples` completions per image in one `generate` call."""
+    import torch
+
+    sampling = sampling or SamplingConfig()
+    repeated = [image for image in images for _ in range(sampling.num_samples)]
+    prompt_batch = build_inputs(processor, repeated, prompt)
+    device = next(model.parameters()).device
+    prompt_batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in prompt_batch.items()}
+    tokenizer = processor.tokenizer
+    eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    kwargs = dict(
+        max_new_tokens=sampling.max_new_tokens,
+        do_sample=sampling.do_sample,
+        eos_token_id=eos_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    if sampling.do_sample:
+        kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)
+    else:
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        with torch.no_grad():
+            output = model.generate(**model_inputs(prompt_batch), **kwargs)
+    prompt_length = prompt_batch["input_ids"].shape[1]
+    completion_ids = output[:, prompt_length:]
+    completion_mask = completion_mask_until_eos(completion_ids, eos_id)
+    completion_ids = completion_ids.masked_fill(completion_mask == 0, tokenizer.pad_token_id)
+    texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+    batch = join_completions(prompt_batch, completion_ids, completion_mask)
+    return Rollout(batch=batch, texts=texts, num_samples=sampling.num_samples)
+
+
+def generate_completions(
+    model,
+    processor,
+    images: Sequence[Any],
+    *,
+    prompt: str = SCORING_PROMPT,
+    num_samples: int = 1,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    max_new_tokens: int = 1024,
+    batch_size: int = 8,
+    do_sample: bool = True,
+    seed: int | None = None,
+    progress: bool = False,
+) -> list[list[str]]:
+    """Decoded completions: for each image, a list of `num_samples` strings.
+
+    Images are processed `batch_size` at a time; with `seed`, batch b uses seed `seed + b` so results
+    do not depend on what ran before.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    sampling = SamplingConfig(num_samples, temperature, top_p, top_k, max_new_tokens, do_sample)
+    starts = range(0, len(images), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="generate", unit="batch")
+    results: list[list[str]] = []
+    for number, start in enumerate(starts):
+        chunk = images[start : start + batch_size]
+        rollout = generate_rollouts(
+            model, processor, chunk, sampling, prompt=prompt, seed=None if seed is None else seed + number
+        )
+        for index in range(len(chunk)):
+            results.append(rollout.texts[index * num_samples : (index + 1) * num_samples])
+    return results

@@ -1,0 +1,34 @@
+"""Loading a local vision-language checkpoint (never from a hub: the path must exist)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def load_model(path: str | Path, *, dtype: str | None = None, attn_implementation: str | None = None):
+    """Load `(model, processor)` from a local Qwen2.5-VL-style directory.
+
+    Raises `FileNotFoundError` for a missing path and `ValueError` for a model that is not a
+    vision-language model (no vision config), before loading any weights.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"model directory {str(path)!r} has no config.json (give a local checkpoint)")
+    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    if getattr(config, "vision_config", None) is None:
+        raise ValueError(
+            f"model at {str(path)!r} is a {config.model_type!r} model without a vision tower: "
+            "aesr1 needs a vision-language model such as Qwen2.5-VL"
+        )
+    kwargs = {"local_files_only": True}
+    if dtype is not None:
+        kwargs["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+    processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+    processor.tokenizer.padding_side = "left"
+    return model, processor
