@@ -9,7 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-from aesr1.generation import SamplingConfig, completion_mask_until_eos, generate_completions, generate_rollouts
+from aesr1.generation import (
+    SamplingConfig,
+    completion_mask_until_eos,
+    generate_completions,
+    generate_rollouts,
+)
 from aesr1.modeling.chat import build_inputs, model_inputs, user_message
 from aesr1.modeling.loading import load_model
 from aesr1.modeling.tiny import FORMAT_TOKENS, TinyModelConfig, build_tiny_model
@@ -93,13 +98,17 @@ def test_completion_mask_until_eos():
 
 def test_rollouts_group_rows_by_image(tiny, images):
     model, processor = tiny
-    rollout = generate_rollouts(model, processor, images, SamplingConfig(num_samples=2, max_new_tokens=6), seed=0)
+    rollout = generate_rollouts(
+        model, processor, images, SamplingConfig(num_samples=2, max_new_tokens=6), seed=0
+    )
     assert rollout.completion_ids.shape[0] == 6 and rollout.completion_ids.shape[1] <= 6
     assert len(rollout.texts) == 6
     # Rows 2i and 2i+1 come from the same image: identical prompt tokens and vision inputs.
     p = rollout.batch["prompt_length"]
     assert torch.equal(rollout.batch["input_ids"][0, :p], rollout.batch["input_ids"][1, :p])
-    again = generate_rollouts(model, processor, images, SamplingConfig(num_samples=2, max_new_tokens=6), seed=0)
+    again = generate_rollouts(
+        model, processor, images, SamplingConfig(num_samples=2, max_new_tokens=6), seed=0
+    )
     assert torch.equal(rollout.completion_ids, again.completion_ids)
 
 

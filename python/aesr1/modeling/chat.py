@@ -73,7 +73,9 @@ def build_inputs(
     tokenizer = processor.tokenizer
     tokenizer.padding_side = "left"
     text = prompt_text(processor, prompt)
-    batch = processor(text=[text] * len(images), images=load_images(images), return_tensors="pt", padding=True)
+    batch = processor(
+        text=[text] * len(images), images=load_images(images), return_tensors="pt", padding=True
+    )
     batch = dict(batch)
     if completions is None:
         return batch

@@ -147,7 +147,11 @@ def build_model_config(tokenizer, config: TinyModelConfig | None = None):
         num_attention_heads=config.num_attention_heads,
         num_key_value_heads=config.num_key_value_heads,
         max_position_embeddings=config.max_position_embeddings,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": config.mrope_section},
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": 10000.0,
+            "mrope_section": config.mrope_section,
+        },
         **token_ids,
     )
     vision_config = dict(
