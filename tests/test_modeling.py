@@ -45,7 +45,7 @@ def test_same_seed_same_weights():
     first, _ = build_tiny_model(seed=3)
     second, _ = build_tiny_model(seed=3)
     third, _ = build_tiny_model(seed=4)
-    pairs = list(zip(first.parameters(), second.parameters(), third.parameters()))
+    pairs = list(zip(first.parameters(), second.parameters(), third.parameters(), strict=True))
     assert all(torch.equal(a, b) for a, b, _ in pairs)
     assert not all(torch.equal(a, c) for a, _, c in pairs)
 
