@@ -1,0 +1,1 @@
+"""Readers of the distributed annotation formats, one module per family of datasets."""
