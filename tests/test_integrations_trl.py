@@ -328,8 +328,8 @@ def _run_grpo(output_dir, *, conversational, components, num_images, per_device,
 
 def _check_calls_against_reference(calls_per_rank, k, component_names):
     """Each batch, gathered over ranks in rank order, must get exactly `rapo`'s rewards."""
-    n_batches = {len(calls) for calls in calls_per_rank.values()}
-    assert len(n_batches) == 1
+    n_batches = {len(calls[name]) for calls in calls_per_rank.values() for name in component_names}
+    assert len(n_batches) == 1, n_batches
     seen = {"parsed": 0, "unparseable": 0, "rank_nonzero": 0}
     ranks = sorted(calls_per_rank)
     for b in range(n_batches.pop()):
