@@ -485,8 +485,8 @@ def build_dataset(
             return await abuild_dataset(items, expert, out_path, per_bin=per_bin, judge=judge, config=config, **overrides)
         finally:
             if close:
-                await expert.aclose()
-                if judge is not None:
-                    await judge.aclose()
+                for party in (expert, judge):
+                    if hasattr(party, "aclose"):
+                        await party.aclose()
 
     return asyncio.run(run())

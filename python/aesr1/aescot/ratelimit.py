@@ -11,9 +11,12 @@ import time
 
 
 class TokenBucket:
-    """Waits in `acquire` until a token is available; tokens refill continuously at `rate` per second."""
+    """Waits in `acquire` until a token is available; tokens refill continuously at `rate` per second.
 
-    def __init__(self, rate: float, burst: float | None = None, *, clock=time.monotonic) -> None:
+    `clock` and `sleep` are injectable so tests can run the bucket on virtual time.
+    """
+
+    def __init__(self, rate: float, burst: float | None = None, *, clock=time.monotonic, sleep=asyncio.sleep) -> None:
         if not rate > 0:
             raise ValueError(f"rate must be > 0 requests per second, got {rate!r}")
         burst = max(1.0, rate) if burst is None else float(burst)
@@ -22,6 +25,7 @@ class TokenBucket:
         self.rate = float(rate)
         self.burst = burst
         self._clock = clock
+        self._sleep = sleep
         self._tokens = burst
         self._updated = clock()
         self._lock = asyncio.Lock()
@@ -36,6 +40,6 @@ class TokenBucket:
         async with self._lock:
             self._refill()
             while self._tokens < 1.0:
-                await asyncio.sleep((1.0 - self._tokens) / self.rate)
+                await self._sleep((1.0 - self._tokens) / self.rate)
                 self._refill()
             self._tokens -= 1.0
