@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -184,6 +185,45 @@ def test_logging_hooks_receive_the_local_predictions():
     parsed = rewards.parse_scores(texts)
     np.testing.assert_array_equal(np.isnan(extra["rapo_pred"]), np.isnan(parsed))
     assert metrics["rapo/unparseable"] == pytest.approx(np.isnan(parsed).mean())
+
+
+def test_group_size_follows_the_calling_trainer_mode():
+    """Without num_generations, K comes from the trainer behind trl's `log_metric` argument."""
+
+    class Model:
+        training = True
+
+    class Trainer:
+        num_generations, num_generations_eval = 4, 2
+        model = Model()
+
+        def _log_metric(self, name, value):
+            pass
+
+    trainer = Trainer()
+    texts, gt = _batch(num_images=2, k=4, seed=7)
+    reward = rapo_trl.RapoReward(log_predictions=False)
+    train = reward(None, list(texts), gt=gt, log_metric=trainer._log_metric)
+    np.testing.assert_allclose(train, reference(texts, gt, [i // 4 for i in range(8)])["total"], atol=1e-12)
+
+    trainer.model.training = False
+    gt_eval = [0.1, 0.1, 0.4, 0.4, 0.7, 0.7, 0.9, 0.9]  # four images of two completions each
+    evaluated = reward(None, list(texts), gt=gt_eval, log_metric=trainer._log_metric)
+    ref = reference(texts, gt_eval, [i // 2 for i in range(8)])["total"]
+    np.testing.assert_allclose(evaluated, ref, atol=1e-12)
+
+    with pytest.raises(ValueError, match="num_generations=3 but the GRPOTrainer generates 2"):
+        rapo_trl.RapoReward(num_generations=3)(
+            None, texts[:6], gt=gt_eval[:6], log_metric=trainer._log_metric
+        )
+
+
+def test_reward_functions_pickle():
+    reward = rapo_trl.RapoReward(num_generations=2)
+    texts, gt = _batch(num_images=2, k=2, seed=8)
+    copies = pickle.loads(pickle.dumps([reward, *reward.reward_funcs()]))
+    assert [f.__name__ for f in copies] == ["rapo", "rapo_rank", "rapo_abs"]
+    np.testing.assert_allclose(copies[0](None, texts, gt=gt), reward(None, list(texts), gt=gt), atol=0)
 
 
 def test_bad_configuration_and_batches_raise_naming_the_argument():
