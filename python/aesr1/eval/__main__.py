@@ -1,0 +1,132 @@
+"""`python -m aesr1.eval`: evaluate a model on IAA benchmarks, or `--compare` saved results.
+
+python -m aesr1.eval --model <dir> --datasets ava,tad66k,flickr-aes,para,aadb --root <dir>
+python -m aesr1.eval --model <dir> --data ava:/data/AVA,csv:/data/mine.csv?range=1..10
+python -m aesr1.eval --compare runs/a/results.json runs/b/results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from aesr1.data.registry import TABLE1_DATASETS, canonical_name, find_dataset_root
+from aesr1.eval.config import EvalConfig
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = EvalConfig()
+    parser = argparse.ArgumentParser(
+        prog="python -m aesr1.eval",
+        description="PLCC/SRCC of a vision-language model on image aesthetics benchmarks (paper Table 1).",
+    )
+    parser.add_argument("--model", help="local model directory (Qwen2.5-VL style)")
+    parser.add_argument(
+        "--datasets",
+        help=f"comma-separated dataset names found under --root (default with --root: {','.join(TABLE1_DATASETS)})",
+    )
+    parser.add_argument("--root", help="folder holding one sub-folder per dataset (AVA/, TAD66K/, PARA/ ...)")
+    parser.add_argument(
+        "--data", help="dataset spec 'name:root[?opt=v&...],...' (instead of --datasets/--root)"
+    )
+    parser.add_argument("--split", default=defaults.split, help="split to evaluate (default: %(default)s)")
+    parser.add_argument("--output", help="output directory (default: aesr1-eval/<model name>)")
+    parser.add_argument("--samples", type=int, default=defaults.num_samples, help="completions per image; "
+                        "the score is their parsed mean (default: %(default)s)")  # fmt: skip
+    parser.add_argument("--temperature", type=float, default=defaults.temperature,
+                        help="sampling temperature; 0 = greedy (default: %(default)s)")  # fmt: skip
+    parser.add_argument("--top-p", type=float, default=defaults.top_p)
+    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="sampling and 9:1 split seed")
+    parser.add_argument("--limit", type=int, help="evaluate only the first N images of each dataset")
+    parser.add_argument(
+        "--logistic", action="store_true", help="report PLCC after the 4-parameter logistic fit"
+    )
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument(
+        "--check-images", default=defaults.check_images, choices=["open", "decode", "exists", "none"]
+    )
+    parser.add_argument("--name", help="model name in the tables (default: the model directory's name)")
+    parser.add_argument(
+        "--device", default=defaults.device, help="auto, cpu, cuda, cuda:1 ... (default: auto)"
+    )
+    parser.add_argument("--dtype", help="model dtype (auto, float32, bfloat16, ...)")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="discard the prediction cache instead of resuming"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--compare", nargs="+", metavar="RESULT", help="result files or directories to compare"
+    )
+    return parser
+
+
+def data_spec(args: argparse.Namespace) -> str:
+    """The --data spec, built from --datasets/--root when --data is not given."""
+    if args.data:
+        if args.datasets or args.root:
+            raise ValueError("give either --data or --datasets/--root, not both")
+        return args.data
+    if not args.root:
+        raise ValueError("give the datasets: --datasets NAMES --root DIR, or --data SPEC")
+    names = args.datasets.split(",") if args.datasets else list(TABLE1_DATASETS)
+    entries = []
+    for name in filter(None, (n.strip() for n in names)):
+        canonical = canonical_name(name)
+        entries.append(f"{canonical}:{find_dataset_root(canonical, args.root)}")
+    return ",".join(entries)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        if args.compare:
+            from aesr1.eval.compare import compare_results
+
+            table = compare_results(args.compare)
+            print(table)
+            if args.output:
+                Path(args.output).write_text(table + "\n")
+            return 0
+        if not args.model:
+            raise ValueError("--model is required (or --compare)")
+        config = EvalConfig(
+            model=args.model,
+            data=data_spec(args),
+            output_dir=args.output or str(Path("aesr1-eval") / Path(args.model).name),
+            split=args.split,
+            num_samples=args.samples,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            limit=args.limit,
+            logistic=args.logistic,
+            plots=not args.no_plots,
+            check_images=args.check_images,
+            name=args.name,
+            device=args.device,
+            dtype=args.dtype,
+            overwrite=args.overwrite,
+        )
+        from aesr1.eval.runner import run_evaluation
+        from aesr1.eval.table import details, table1
+
+        result = run_evaluation(config, progress=not args.quiet)
+    except (ValueError, TypeError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(table1([result]))
+    print()
+    print(details(result))
+    print(f"\nsaved {Path(config.output_dir) / 'results.json'}, results.md and plots/ in {config.output_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

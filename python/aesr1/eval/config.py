@@ -1,0 +1,103 @@
+"""Evaluation settings (a dataclass with documented defaults, like trl's configs)."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from aesr1.data.files import IMAGE_CHECKS
+from aesr1.data.splits import SPLITS
+from aesr1.prompts import SCORING_PROMPT
+
+
+@dataclass
+class EvalConfig:
+    """Settings of `run_evaluation` and `python -m aesr1.eval`.
+
+    Attributes:
+        model: local model directory (Qwen2.5-VL style), unless a predictor is injected.
+        data: dataset spec, ``name:root`` entries separated by commas (see `aesr1.data.parse_data_spec`).
+        output_dir: where the prediction cache, results (JSON + Markdown) and plots go.
+        split: dataset split to evaluate ("test": the official or seeded 9:1 test split).
+        num_samples: completions sampled per image; the image's score is the mean of the parseable ones.
+        temperature: sampling temperature; 0 decodes greedily (then `num_samples` must be 1).
+        top_p: nucleus sampling mass when sampling.
+        max_new_tokens: completion length cap (Appendix C: 1024).
+        batch_size: images per generation call; predictions are appended to the cache after each call.
+        seed: seed of sampling (and of the 9:1 split of datasets without an official one).
+        limit: evaluate only the first `limit` images of each dataset (quick checks); None = all.
+        logistic: report PLCC after the 4-parameter logistic fit (flagged in the table) instead of raw.
+        plots: save the distribution (Fig. 1a) and scatter plots.
+        check_images: image check of the loaders ("open", "decode", "exists", "none").
+        name: model name in the tables (default: the model directory's name).
+        device: "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
+        dtype: model dtype ("auto", "float32", "bfloat16", ...); None keeps the checkpoint's.
+        overwrite: discard an existing prediction cache instead of resuming from it.
+    """
+
+    model: str | None = None
+    data: str | None = None
+    output_dir: str = "aesr1-eval"
+    split: str = "test"
+    num_samples: int = 1
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_new_tokens: int = 1024
+    batch_size: int = 8
+    seed: int = 0
+    limit: int | None = None
+    logistic: bool = False
+    plots: bool = True
+    check_images: str = "open"
+    name: str | None = None
+    device: str = "auto"
+    dtype: str | None = None
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if self.split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
+        for name in ("num_samples", "max_new_tokens", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.temperature, (int, float)) or not math.isfinite(self.temperature):
+            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature!r}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature!r}")
+        if self.temperature == 0 and self.num_samples > 1:
+            raise ValueError(
+                "num_samples > 1 needs sampling: set temperature > 0 (greedy decoding repeats one answer)"
+            )
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must lie in (0, 1], got {self.top_p!r}")
+        if self.limit is not None and (
+            isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1
+        ):
+            raise ValueError(f"limit must be a positive integer or None, got {self.limit!r}")
+        if self.check_images not in IMAGE_CHECKS:
+            raise ValueError(f"check_images must be one of {IMAGE_CHECKS}, got {self.check_images!r}")
+
+    @property
+    def model_name(self) -> str:
+        if self.name:
+            return self.name
+        return Path(self.model).name if self.model else "model"
+
+    def generation_fingerprint(self) -> dict:
+        """The settings that change predictions: a cache made with others is not reused."""
+        return {
+            "model": str(Path(self.model).resolve()) if self.model else self.model_name,
+            "split": self.split,
+            "num_samples": self.num_samples,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "max_new_tokens": self.max_new_tokens,
+            "seed": self.seed,
+            "prompt_sha256": hashlib.sha256(SCORING_PROMPT.encode()).hexdigest()[:16],
+        }
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,233 @@
+"""`run_evaluation`: load datasets, generate (resuming from the cache), score, tabulate, plot."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aesr1.data.records import ScoredImage
+from aesr1.data.registry import canonical_name, display_name, parse_data_spec
+from aesr1.data.report import LoadedDataset
+from aesr1.eval.cache import Prediction, PredictionCache
+from aesr1.eval.config import EvalConfig
+from aesr1.eval.correlation import correlations
+from aesr1.eval.predictor import ModelPredictor, Predictor, check_predictions
+from aesr1.eval.results import DatasetResult, EvalResult
+from aesr1.eval.table import report_markdown
+
+logger = logging.getLogger(__name__)
+
+CACHE_FILE = "predictions.jsonl"
+RESULTS_JSON = "results.json"
+RESULTS_MD = "results.md"
+SKIPPED_JSON = "skipped.json"
+
+
+def open_rgb(path: str):
+    """The image as RGB with its file path in ``info["path"]``; raises OSError/ValueError for a file
+    PIL cannot decode."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        rgb = image.convert("RGB")
+    rgb.info["path"] = str(path)
+    return rgb
+
+
+def _names(label: str, items: Sequence[ScoredImage]) -> tuple[str, str]:
+    try:
+        name = canonical_name(label)
+    except ValueError:
+        name = items[0].source if items else label
+    try:
+        title = display_name(name)
+    except ValueError:
+        title = name
+    return name, title
+
+
+def load_eval_datasets(config: EvalConfig) -> dict[str, Sequence[ScoredImage]]:
+    if not config.data:
+        raise ValueError("data: give the datasets to evaluate (e.g. 'ava:/data/AVA,para:/data/PARA')")
+    return {
+        spec.label: spec.load(config.split, seed=config.seed, check_images=config.check_images)
+        for spec in parse_data_spec(config.data)
+    }
+
+
+def _batches(items: Sequence[Any], size: int):
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _generate_dataset(
+    label: str,
+    items: Sequence[ScoredImage],
+    cache: PredictionCache,
+    predictor: Predictor,
+    config: EvalConfig,
+    progress: bool,
+) -> list[tuple[str, str]]:
+    """Generates predictions for the items not in the cache; returns (path, reason) of unreadable images."""
+    from aesr1.rewards import parse_scores
+
+    todo = [item for item in items if (label, item.id) not in cache]
+    cached = len(items) - len(todo)
+    logger.info("%s: %d images, %d cached, %d to generate", label, len(items), cached, len(todo))
+    bar = None
+    if progress and todo:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(items), initial=cached, desc=f"eval {label}", unit="img")
+    unreadable: list[tuple[str, str]] = []
+    for batch in _batches(todo, config.batch_size):
+        images, kept = [], []
+        for item in batch:
+            try:
+                images.append(open_rgb(item.image))
+                kept.append(item)
+            except (OSError, ValueError, SyntaxError) as error:  # never crash mid-run on one bad file
+                unreadable.append((item.image, f"{type(error).__name__}: {error}"))
+        if kept:
+            if hasattr(predictor, "key"):
+                predictor.key = f"{label}/{kept[0].id}/{kept[-1].id}/{len(kept)}"
+            completions = check_predictions(
+                predictor(images, config.num_samples), len(kept), config.num_samples
+            )
+            flat = [text for samples in completions for text in samples]
+            scores = np.asarray(parse_scores(flat), dtype=np.float64).reshape(len(kept), config.num_samples)
+            cache.add(
+                Prediction.from_scores(label, item.id, item.image, item.score, samples, row.tolist())
+                for item, samples, row in zip(kept, completions, scores, strict=True)
+            )
+        if bar is not None:
+            bar.update(len(batch))
+    if bar is not None:
+        bar.close()
+    return unreadable
+
+
+def summarise(
+    label: str,
+    items: Sequence[ScoredImage],
+    cache: PredictionCache,
+    unreadable: Sequence[tuple[str, str]] = (),
+) -> tuple[DatasetResult, np.ndarray, np.ndarray]:
+    """The dataset's counts and correlations from the cached predictions; also returns the (pred, gt)
+    arrays of the scored images for plotting."""
+    name, title = _names(label, items)
+    records = [cache.get((label, item.id)) for item in items]
+    records = [r for r in records if r is not None]
+    scored = [r for r in records if r.pred is not None]
+    pred = np.array([r.pred for r in scored], dtype=np.float64)
+    gt = np.array([r.gt for r in scored], dtype=np.float64)
+    stats = correlations(pred, gt, label)
+    report = getattr(items, "report", None)
+    result = DatasetResult(
+        label=label,
+        name=name,
+        title=title,
+        images=len(items),
+        scored=len(scored),
+        completions=sum(len(r.completions) for r in records),
+        parse_failures=sum(r.parse_failures for r in records),
+        unscored=len(records) - len(scored),
+        skipped_at_load=report.skipped if report is not None else 0,
+        unreadable_at_eval=len(unreadable),
+        plcc=stats.plcc,
+        srcc=stats.srcc,
+        krcc=stats.krcc,
+        plcc_logistic=stats.plcc_logistic,
+        logistic_params=stats.logistic_params,
+        note=stats.note,
+    )
+    if result.unscored:
+        logger.warning(
+            "%s: %d of %d images had no parseable score (%d of %d completions failed to parse)",
+            label, result.unscored, len(records), result.parse_failures, result.completions,
+        )  # fmt: skip
+    return result, pred, gt
+
+
+def _save_plots(output: Path, label: str, title: str, pred, gt_all, gt, params) -> None:
+    from aesr1.eval.plots import plot_distributions, plot_scatter
+
+    folder = output / "plots"
+    folder.mkdir(parents=True, exist_ok=True)
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in label)
+    plot_distributions(pred, gt_all, f"{title}: score distributions", folder / f"{safe}_distribution.png")
+    plot_scatter(pred, gt, f"{title}: prediction vs ground truth", folder / f"{safe}_scatter.png", params)
+
+
+def run_evaluation(
+    config: EvalConfig,
+    *,
+    datasets: Mapping[str, Sequence[ScoredImage]] | None = None,
+    predictor: Predictor | None = None,
+    progress: bool = True,
+) -> EvalResult:
+    """Evaluates a model (or an injected `predictor`) on datasets and saves results.json, results.md,
+    skipped.json and plots under `config.output_dir`.
+
+    Predictions are appended to ``output_dir/predictions.jsonl`` after every batch; a rerun with the
+    same settings skips the images already there (resume after a kill). `datasets` ({label: records})
+    replaces loading `config.data`; `predictor(images, num_samples) -> completions` replaces the model.
+    """
+    if not isinstance(config, EvalConfig):
+        raise TypeError(f"config must be an EvalConfig, got {type(config).__name__}")
+    loaded = dict(datasets) if datasets is not None else load_eval_datasets(config)
+    if not loaded:
+        raise ValueError("datasets: nothing to evaluate")
+    if config.limit is not None:
+        loaded = {
+            label: LoadedDataset(items[: config.limit], report=getattr(items, "report", None))
+            for label, items in loaded.items()
+        }
+    if predictor is None:
+        if not config.model:
+            raise ValueError("model: give a model directory (or inject a predictor)")
+        predictor = ModelPredictor.from_pretrained(
+            config.model,
+            device=config.device,
+            dtype=config.dtype,
+            temperature=config.temperature,
+            top_p=config.top_p,
+            max_new_tokens=config.max_new_tokens,
+            seed=config.seed,
+        )
+    output = Path(config.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    cache = PredictionCache(output / CACHE_FILE, config.generation_fingerprint(), overwrite=config.overwrite)
+
+    results: dict[str, DatasetResult] = {}
+    skipped: dict[str, Any] = {}
+    for label, items in loaded.items():
+        unreadable = _generate_dataset(label, items, cache, predictor, config, progress)
+        result, pred, gt = summarise(label, items, cache, unreadable)
+        results[label] = result
+        report = getattr(items, "report", None)
+        skipped[label] = {
+            "load": {"missing": report.missing, "unreadable": report.unreadable} if report else None,
+            "eval": unreadable,
+        }
+        if config.plots:
+            gt_all = np.array([item.score for item in items], dtype=np.float64)
+            _save_plots(output, label, result.title, pred, gt_all, gt, result.logistic_params)
+
+    evaluation = EvalResult(
+        model=config.model_name,
+        datasets=results,
+        plcc_mode="logistic" if config.logistic else "raw",
+        config=config.to_dict(),
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    )
+    evaluation.save_json(output / RESULTS_JSON)
+    (output / RESULTS_MD).write_text(report_markdown(evaluation))
+    (output / SKIPPED_JSON).write_text(json.dumps(skipped, indent=2))
+    return evaluation
