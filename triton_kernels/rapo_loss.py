@@ -185,7 +185,8 @@ def _forward_torch(logits, ids, valid, old, ref, adv, weight, hp, write_grad, gr
             t1 = min(seq_len, t0 + rows)
             ok = valid[b, t0:t1]
             x = logits[b, t0:t1].float() * inv_temp
-            log_probs = x - torch.logsumexp(x, dim=-1, keepdim=True)
+            shifted = x - x.amax(dim=-1, keepdim=True)  # not x - logsumexp(x): see the kernel
+            log_probs = shifted - shifted.exp().sum(-1, keepdim=True).log()
             probs = log_probs.exp()
             ent = -torch.where(probs > 0, probs * log_probs, torch.zeros_like(probs)).sum(-1)
             tok = torch.where(ok, ids[b, t0:t1], torch.zeros_like(ids[b, t0:t1])).unsqueeze(-1)
@@ -269,10 +270,11 @@ def _rapo_token_kernel(
             w = alpha * (w + tl.where(s > 0.0, m - m_ref, 0.0) * s) + tl.sum(e * shifted, axis=0)
             s = alpha * s + tl.sum(e, axis=0)
             m = m_new
+        # Log-probs as (x - m) - log s, never through lse = m + log s: with logits near -1000 an fp32
+        # lse carries an absolute error of ~6e-5 that would reach every ratio.
         log_s = tl.log(s)
-        lse = m + log_s
         x_tok = tl.load(logits_row + tok).to(tl.float32) * inv_temp
-        logp = x_tok - lse
+        logp = (x_tok - m) - log_s
         tl.store(logp_ptr + row, logp)
         tl.store(entropy_ptr + row, log_s - w / s)
         if write_grad != 0:
@@ -296,7 +298,7 @@ def _rapo_token_kernel(
             for start in tl.range(0, V, BLOCK_V):
                 offs = start + cols
                 x = tl.load(logits_row + offs, mask=offs < V, other=float("-inf")).to(tl.float32) * inv_temp
-                p = tl.exp(x - lse)
+                p = tl.exp((x - m) - log_s)
                 d = tl.where(offs == tok, 1.0 - p, -p) * scale
                 tl.store(grad_row + offs, d.to(grad_ptr.dtype.element_ty), mask=offs < V)
     else:
