@@ -185,6 +185,21 @@ def test_resume_skips_finished_items_and_repairs_a_partial_line(synthetic, tmp_p
     assert third.kept == 30 and not expert.calls and third.this_run["processed"] == 0
 
 
+def test_interrupted_and_resumed_run_keeps_the_same_items(synthetic, tmp_path):
+    # Every third item leaks, so which items end up kept depends on the sampling order.
+    overrides = {item.id: write_critique(item) + " A solid seven." for item in synthetic[::3]}
+    reference = tmp_path / "reference.jsonl"
+    build_dataset(synthetic, ScriptedExpert(overrides), reference, per_bin=12, progress=False)
+    out = tmp_path / "interrupted.jsonl"
+    for attempts in (7, 11, 5):
+        build_dataset(synthetic, ScriptedExpert(overrides), out, per_bin=12, max_attempts=attempts, concurrency=3, progress=False)
+    report = build_dataset(synthetic, ScriptedExpert(overrides), out, per_bin=12, concurrency=3, progress=False)
+    assert report.complete
+    assert sorted(r["id"] for r in _lines(out)) == sorted(r["id"] for r in _lines(reference))
+    rejects = read_jsonl(OutputPaths.for_output(out).rejects)
+    assert sorted(r["id"] for r in rejects) == sorted(r["id"] for r in read_jsonl(OutputPaths.for_output(reference).rejects))
+
+
 def test_overwrite_starts_over(synthetic, tmp_path):
     out = tmp_path / "o.jsonl"
     build_dataset(synthetic, TemplateExpert(), out, per_bin=2, progress=False)

@@ -379,13 +379,12 @@ async def abuild_dataset(
     kept = Counter(record["bin"] for record in state.kept.values())
     queues: dict[str, list[ScoredImage]] = {}
     for name in BINS:
-        # Sort first so the order depends on the seed only, not on how the loader listed the items.
-        members = sorted(
-            (it for it in items if score_bin(float(it.score)) == name and record_id(it) not in finished),
-            key=record_id,
-        )
+        # Sort first so the order depends on the seed only, not on how the loader listed the items;
+        # shuffle the whole bin and only then skip finished items, so a resumed run walks the same
+        # order (and ends with the same items) as an uninterrupted one.
+        members = sorted((it for it in items if score_bin(float(it.score)) == name), key=record_id)
         random.Random(f"aescot/{config.seed}/{name}").shuffle(members)
-        queues[name] = members
+        queues[name] = [it for it in members if record_id(it) not in finished]
     scheduler = _BinScheduler(queues, config.targets, kept, config.max_attempts)
     builder = _Builder(items, expert, judge, paths, config)
     expected = sum(min(config.targets[n], kept[n] + len(queues[n])) for n in BINS)
