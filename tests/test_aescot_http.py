@@ -56,12 +56,14 @@ def clean_critique_for(score: float) -> str:
 
 
 def ok_verdict(consistent=True, errors=()):
-    return json.dumps({
-        "consistent": consistent,
-        "consistency_reason": "matches" if consistent else "the critique praises a poor picture",
-        "factually_accurate": not errors,
-        "factual_errors": list(errors),
-    })
+    return json.dumps(
+        {
+            "consistent": consistent,
+            "consistency_reason": "matches" if consistent else "the critique praises a poor picture",
+            "factually_accurate": not errors,
+            "factual_errors": list(errors),
+        }
+    )
 
 
 class FakeChatServer:
@@ -95,16 +97,29 @@ class FakeChatServer:
                     time.sleep(step["sleep"])
                 try:
                     if "status" in step:
-                        self._send(step["status"], {"error": {"message": "scripted"}}, step.get("headers", {}))
+                        self._send(
+                            step["status"], {"error": {"message": "scripted"}}, step.get("headers", {})
+                        )
                     elif "raw" in step:
                         self._send(200, None, raw=step["raw"].encode())
                     else:
                         message = {"role": "assistant", "content": step["text"]}
-                        self._send(200, {
-                            "id": "x", "object": "chat.completion", "model": body["model"],
-                            "choices": [{"index": 0, "message": message, "finish_reason": step.get("finish_reason", "stop")}],
-                            "usage": {"prompt_tokens": 10, "completion_tokens": 20},
-                        })
+                        self._send(
+                            200,
+                            {
+                                "id": "x",
+                                "object": "chat.completion",
+                                "model": body["model"],
+                                "choices": [
+                                    {
+                                        "index": 0,
+                                        "message": message,
+                                        "finish_reason": step.get("finish_reason", "stop"),
+                                    }
+                                ],
+                                "usage": {"prompt_tokens": 10, "completion_tokens": 20},
+                            },
+                        )
                 except (BrokenPipeError, ConnectionResetError):
                     record["client_gone"] = True
 
@@ -121,7 +136,9 @@ class FakeChatServer:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.httpd.handle_error = lambda request, address: None  # a timed-out client closed its socket
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
 
     @property
     def base_url(self):
@@ -140,7 +157,14 @@ class FakeChatServer:
         url = next(part["image_url"]["url"] for part in content if part["type"] == "image_url")
         kind = "judge" if JUDGE_MARKER in text else "expert"
         key = self.key_of(url)
-        record = {"time": time.monotonic(), "kind": kind, "key": key, "body": body, "headers": headers, "text": text}
+        record = {
+            "time": time.monotonic(),
+            "kind": kind,
+            "key": key,
+            "body": body,
+            "headers": headers,
+            "text": text,
+        }
         with self.lock:
             self.requests.append(record)
             steps = self.scripts.get((key, kind))
@@ -155,7 +179,11 @@ class FakeChatServer:
 
     def count(self, kind=None, key=None):
         with self.lock:
-            return sum(1 for r in self.requests if (kind is None or r["kind"] == kind) and (key is None or r["key"] == key))
+            return sum(
+                1
+                for r in self.requests
+                if (kind is None or r["kind"] == kind) and (key is None or r["key"] == key)
+            )
 
     def __enter__(self):
         self.thread.start()
@@ -191,8 +219,15 @@ def make_items(root, scores, source="fake"):
 
 
 def endpoint(server, **overrides):
-    settings = dict(base_url=server.base_url, model="fake-vlm", api_key_env="AESCOT_TEST_KEY", timeout_s=5.0,
-                    max_retries=4, backoff_initial_s=0.01, backoff_max_s=0.05)
+    settings = dict(
+        base_url=server.base_url,
+        model="fake-vlm",
+        api_key_env="AESCOT_TEST_KEY",
+        timeout_s=5.0,
+        max_retries=4,
+        backoff_initial_s=0.01,
+        backoff_max_s=0.05,
+    )
     settings.update(overrides)
     return EndpointConfig(**settings)
 
@@ -241,14 +276,18 @@ def test_no_authorization_header_without_key(server, tmp_path, monkeypatch):
 
 def test_client_survives_429_500_timeout_and_malformed_body(server, tmp_path):
     item = make_items(tmp_path, [0.3])[0]
-    server.script(item, "expert", [
-        {"status": 429, "headers": {"Retry-After": "0.01"}},
-        {"status": 500},
-        {"sleep": 0.8, "text": "too late"},  # longer than the 0.3 s timeout
-        {"raw": "{not json"},
-        {"status": 502},
-        {"text": "finally a critique"},
-    ])
+    server.script(
+        item,
+        "expert",
+        [
+            {"status": 429, "headers": {"Retry-After": "0.01"}},
+            {"status": 500},
+            {"sleep": 0.8, "text": "too late"},  # longer than the 0.3 s timeout
+            {"raw": "{not json"},
+            {"status": 502},
+            {"text": "finally a critique"},
+        ],
+    )
     client = ChatClient(endpoint(server, timeout_s=0.3, max_retries=6))
     expert = ChatExpert(client)
     answer = run(expert.critique(item))
@@ -257,6 +296,7 @@ def test_client_survives_429_500_timeout_and_malformed_body(server, tmp_path):
     assert stats["status_429"] == 1 and stats["status_500"] == 1 and stats["status_502"] == 1
     assert stats["timeouts"] == 1 and stats["malformed_responses"] == 1
     assert stats["retries"] == 5 and stats["requests"] == 6 and server.count("expert") == 6
+    assert stats["prompt_tokens"] == 10 and stats["completion_tokens"] == 20  # usage of the one answer
 
 
 def test_retry_after_is_honoured_over_backoff(server, tmp_path):
@@ -353,7 +393,11 @@ def bin_scores(per_bin):
 def test_pipeline_survives_errors_and_drops_with_reasons(server, tmp_path):
     items = make_items(tmp_path / "img", bin_scores(6))
     bad, fair, good = items[0:6], items[6:12], items[12:18]
-    server.script(bad[0], "expert", [{"status": 429, "headers": {"Retry-After": "0.01"}}, {"text": clean_critique_for(0.05)}])
+    server.script(
+        bad[0],
+        "expert",
+        [{"status": 429, "headers": {"Retry-After": "0.01"}}, {"text": clean_critique_for(0.05)}],
+    )
     server.script(bad[1], "expert", [{"text": clean_critique_for(0.07) + " I would put it at 0.07."}])
     server.script(fair[0], "expert", [{"status": 500}, {"status": 500}, {"text": clean_critique_for(0.45)}])
     server.script(fair[1], "judge", [{"text": ok_verdict(consistent=False)}])
@@ -370,8 +414,14 @@ def test_pipeline_survives_errors_and_drops_with_reasons(server, tmp_path):
     kept = read_jsonl(out)
     rejects = {r["id"]: r for r in read_jsonl(OutputPaths.for_output(out).rejects)}
     assert Counter(r["bin"] for r in kept) == {"bad": 5, "fair": 4, "good": 4}
-    assert not report.complete and {n: b.shortfall for n, b in report.bins.items()} == {"bad": 1, "fair": 2, "good": 2}
-    assert {r["id"] for r in kept} >= {f"fake:{i.id}" for i in (bad[0], fair[0], good[0])}  # retried, then kept
+    assert not report.complete and {n: b.shortfall for n, b in report.bins.items()} == {
+        "bad": 1,
+        "fair": 2,
+        "good": 2,
+    }
+    assert {r["id"] for r in kept} >= {
+        f"fake:{i.id}" for i in (bad[0], fair[0], good[0])
+    }  # retried, then kept
     assert {k.split(":")[1]: v["reason"] for k, v in rejects.items()} == {
         bad[1].id: "leakage",
         fair[1].id: "inconsistent",
@@ -381,10 +431,20 @@ def test_pipeline_survives_errors_and_drops_with_reasons(server, tmp_path):
     }
     assert "number '0.07'" in rejects[f"fake:{bad[1].id}"]["detail"]
     assert "red car" in rejects[f"fake:{good[1].id}"]["detail"]
-    assert report.dropped == {"missing_image": 0, "format": 1, "leakage": 1, "inconsistent": 1,
-                              "factual_error": 1, "judge_unparseable": 1}
+    assert report.dropped == {
+        "missing_image": 0,
+        "format": 1,
+        "leakage": 1,
+        "inconsistent": 1,
+        "factual_error": 1,
+        "judge_unparseable": 1,
+    }
     endpoint_stats = report.this_run["endpoint"]
-    assert endpoint_stats["status_429"] == 1 and endpoint_stats["status_500"] == 2 and endpoint_stats["timeouts"] == 1
+    assert (
+        endpoint_stats["status_429"] == 1
+        and endpoint_stats["status_500"] == 2
+        and endpoint_stats["timeouts"] == 1
+    )
     # The judge saw only critiques that passed the programmatic filters.
     assert server.count("judge", server.key_of(image_data_url(bad[1].image))) == 0
     for record in kept:
@@ -400,7 +460,9 @@ def test_bins_stop_at_their_target_without_wasted_requests(server, tmp_path):
     processed = report.kept + sum(report.dropped.values())
     assert server.count("expert") == processed == report.this_run["processed"]
     assert processed <= 9 + 1  # at most the one leaking item beyond the targets
-    assert report.bins["bad"].untried + report.bins["bad"].kept + sum(report.bins["bad"].dropped.values()) == 8
+    assert (
+        report.bins["bad"].untried + report.bins["bad"].kept + sum(report.bins["bad"].dropped.values()) == 8
+    )
 
 
 def test_fatal_status_stops_the_run_and_keeps_progress(server, tmp_path):
@@ -420,8 +482,15 @@ def test_repeated_errors_trip_the_breaker(server, tmp_path):
         server.script(item, "expert", [{"status": 400}])
     out = tmp_path / "breaker.jsonl"
     with pytest.raises(RuntimeError, match="4 items in a row failed.*HTTP 400"):
-        build_dataset(items, ChatExpert(endpoint(server)), out, per_bin=5, concurrency=1,
-                      max_consecutive_errors=4, progress=False)
+        build_dataset(
+            items,
+            ChatExpert(endpoint(server)),
+            out,
+            per_bin=5,
+            concurrency=1,
+            max_consecutive_errors=4,
+            progress=False,
+        )
     rejects = read_jsonl(OutputPaths.for_output(out).rejects)
     assert len(rejects) == 4 and all(not r["final"] and r["reason"] == "expert_error" for r in rejects)
 
@@ -458,16 +527,45 @@ def test_kill_midway_then_rerun_has_no_duplicates_and_no_losses(server, tmp_path
     server.expert_delay = 0.08
 
     reference = tmp_path / "reference.jsonl"
-    build_dataset(items, ChatExpert(endpoint(server)), reference, per_bin=5,
-                  judge=ChatJudge(endpoint(server)), concurrency=2, progress=False)
+    build_dataset(
+        items,
+        ChatExpert(endpoint(server)),
+        reference,
+        per_bin=5,
+        judge=ChatJudge(endpoint(server)),
+        concurrency=2,
+        progress=False,
+    )
     expected = {r["id"] for r in read_jsonl(reference)}
     assert len(expected) == 15
 
     out = tmp_path / "killed.jsonl"
     command = [
-        sys.executable, "-m", "aesr1.aescot", "build", "--data", str(data), "--expert", "chat",
-        "--base-url", server.base_url, "--model", "fake-vlm", "--api-key-env", "", "--out", str(out),
-        "--per-bin", "5", "--concurrency", "2", "--backoff", "0.01", "--timeout", "5", "--no-progress",
+        sys.executable,
+        "-m",
+        "aesr1.aescot",
+        "build",
+        "--data",
+        str(data),
+        "--expert",
+        "chat",
+        "--base-url",
+        server.base_url,
+        "--model",
+        "fake-vlm",
+        "--api-key-env",
+        "",
+        "--out",
+        str(out),
+        "--per-bin",
+        "5",
+        "--concurrency",
+        "2",
+        "--backoff",
+        "0.01",
+        "--timeout",
+        "5",
+        "--no-progress",
     ]
     env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

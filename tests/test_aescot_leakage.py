@@ -55,9 +55,22 @@ def test_non_string_is_rejected():
 
 
 @settings(max_examples=200, deadline=None)
-@given(score=st.floats(0.0, 1.0), template=st.sampled_from([
-    "{:.2f}", "{:.1f}", "{:.3f}", ".{:02d}", "{:d}%", "{:d}/100", "{:d} out of 100", "{:d}/10",
-]), prefix=st.sampled_from(["The picture is", "Overall", "I judge it", "A"]))
+@given(
+    score=st.floats(0.0, 1.0),
+    template=st.sampled_from(
+        [
+            "{:.2f}",
+            "{:.1f}",
+            "{:.3f}",
+            ".{:02d}",
+            "{:d}%",
+            "{:d}/100",
+            "{:d} out of 100",
+            "{:d}/10",
+        ]
+    ),
+    prefix=st.sampled_from(["The picture is", "Overall", "I judge it", "A"]),
+)
 def test_every_written_score_is_flagged(score, template, prefix):
     if template.startswith(".{"):
         text = template.format(round(score * 100) % 100)
@@ -73,10 +86,21 @@ _WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight"
 
 
 @settings(max_examples=100, deadline=None)
-@given(n=st.integers(0, 10), form=st.sampled_from([
-    "{} out of ten", "{} out of a hundred", "zero point {}", "{} tenths", "a solid {}.", "it deserves a {}.",
-    "I'd give it a {} overall.", "{} point five",
-]))
+@given(
+    n=st.integers(0, 10),
+    form=st.sampled_from(
+        [
+            "{} out of ten",
+            "{} out of a hundred",
+            "zero point {}",
+            "{} tenths",
+            "a solid {}.",
+            "it deserves a {}.",
+            "I'd give it a {} overall.",
+            "{} point five",
+        ]
+    ),
+)
 def test_spelled_scores_are_flagged(n, form):
     word = _WORDS[n]
     if word == "one" and form in ("a solid {}.", "it deserves a {}.", "I'd give it a {} overall."):

@@ -22,7 +22,7 @@ from aesr1.aescot.__main__ import main as cli_main
 from aesr1.aescot.experts import Critique
 from aesr1.aescot.filters import check_format, clean_critique
 from aesr1.aescot.judges import JudgeParseError, verdict_band
-from aesr1.aescot.store import OutputPaths, ResumeState, read_jsonl, repair_jsonl
+from aesr1.aescot.store import OutputLock, OutputPaths, ResumeState, read_jsonl, repair_jsonl
 from aesr1.data.records import ScoredImage
 from aesr1.data.synthetic import make_synthetic_dataset, write_critique
 from aesr1.prompts import DIMENSIONS, SCORING_PROMPT, format_completion, score_bin
@@ -64,7 +64,9 @@ class ScriptedExpert:
 
 def test_template_expert_builds_the_embedded_default(synthetic, tmp_path):
     out = tmp_path / "aescot.jsonl"
-    report = build_dataset(synthetic, TemplateExpert(), out, per_bin=20, judge=TemplateJudge(), progress=False)
+    report = build_dataset(
+        synthetic, TemplateExpert(), out, per_bin=20, judge=TemplateJudge(), progress=False
+    )
     records = _lines(out)
     assert report.complete and report.kept == 60 == len(records)
     assert Counter(r["bin"] for r in records) == {"bad": 20, "fair": 20, "good": 20}
@@ -72,7 +74,17 @@ def test_template_expert_builds_the_embedded_default(synthetic, tmp_path):
     assert len({r["id"] for r in records}) == len(records)
     for record in records:
         item = by_id[record["id"]]
-        assert set(record) == {"id", "source", "image", "score", "bin", "prompt", "critique", "completion", "filters"}
+        assert set(record) == {
+            "id",
+            "source",
+            "image",
+            "score",
+            "bin",
+            "prompt",
+            "critique",
+            "completion",
+            "filters",
+        }
         assert record["source"] == "synthetic" and record["prompt"] == SCORING_PROMPT
         assert record["score"] == item.score and record["bin"] == score_bin(item.score)
         assert record["completion"] == format_completion(record["critique"], item.score)
@@ -114,9 +126,16 @@ def test_per_bin_mapping_and_shortfall(synthetic, tmp_path):
 def test_drop_reasons_are_recorded_per_item(synthetic, tmp_path):
     by_bin = {name: [i for i in synthetic if score_bin(i.score) == name] for name in ("bad", "fair", "good")}
     leak, inconsistent, factual, short, truncated, broken = (
-        by_bin["bad"][0], by_bin["good"][0], by_bin["fair"][0], by_bin["fair"][1], by_bin["good"][1], by_bin["bad"][1]
+        by_bin["bad"][0],
+        by_bin["good"][0],
+        by_bin["fair"][0],
+        by_bin["fair"][1],
+        by_bin["good"][1],
+        by_bin["bad"][1],
     )
-    wrong_subject = next(i for i in by_bin["fair"] if i.attributes["subject"] != factual.attributes["subject"])
+    wrong_subject = next(
+        i for i in by_bin["fair"] if i.attributes["subject"] != factual.attributes["subject"]
+    )
     overrides = {
         leak.id: write_critique(leak) + " I would rate it 0.21.",
         inconsistent.id: write_critique(inconsistent).rsplit("Overall", 1)[0] + "Overall, a weak image.",
@@ -144,7 +163,9 @@ def test_drop_reasons_are_recorded_per_item(synthetic, tmp_path):
     assert "'bad'" in rejects[inconsistent.id]["detail"]
     assert "consistency" not in rejects[leak.id]["filters"]  # the judge is not asked about leaking items
     assert "truncated" in rejects[truncated.id]["detail"]
-    assert rejects[broken.id]["final"] is False and all(rejects[k]["final"] for k in overrides if k != broken.id)
+    assert rejects[broken.id]["final"] is False and all(
+        rejects[k]["final"] for k in overrides if k != broken.id
+    )
     assert report.dropped["leakage"] == 1 and report.dropped["inconsistent"] == 1
     assert report.dropped["factual_error"] == 1 and report.dropped["format"] == 2
     assert report.errors["expert_error"] == 1
@@ -192,12 +213,35 @@ def test_interrupted_and_resumed_run_keeps_the_same_items(synthetic, tmp_path):
     build_dataset(synthetic, ScriptedExpert(overrides), reference, per_bin=12, progress=False)
     out = tmp_path / "interrupted.jsonl"
     for attempts in (7, 11, 5):
-        build_dataset(synthetic, ScriptedExpert(overrides), out, per_bin=12, max_attempts=attempts, concurrency=3, progress=False)
-    report = build_dataset(synthetic, ScriptedExpert(overrides), out, per_bin=12, concurrency=3, progress=False)
+        build_dataset(
+            synthetic,
+            ScriptedExpert(overrides),
+            out,
+            per_bin=12,
+            max_attempts=attempts,
+            concurrency=3,
+            progress=False,
+        )
+    report = build_dataset(
+        synthetic, ScriptedExpert(overrides), out, per_bin=12, concurrency=3, progress=False
+    )
     assert report.complete
     assert sorted(r["id"] for r in _lines(out)) == sorted(r["id"] for r in _lines(reference))
     rejects = read_jsonl(OutputPaths.for_output(out).rejects)
-    assert sorted(r["id"] for r in rejects) == sorted(r["id"] for r in read_jsonl(OutputPaths.for_output(reference).rejects))
+    assert sorted(r["id"] for r in rejects) == sorted(
+        r["id"] for r in read_jsonl(OutputPaths.for_output(reference).rejects)
+    )
+
+
+def test_a_second_concurrent_build_on_the_same_output_is_refused(synthetic, tmp_path):
+    out = tmp_path / "locked.jsonl"
+    with (
+        OutputLock(OutputPaths.for_output(out).lock),
+        pytest.raises(RuntimeError, match="another AesCoT build"),
+    ):
+        build_dataset(synthetic, TemplateExpert(), out, per_bin=1, progress=False)
+    assert not out.exists()
+    assert build_dataset(synthetic, TemplateExpert(), out, per_bin=1, progress=False).kept == 3
 
 
 def test_overwrite_starts_over(synthetic, tmp_path):
@@ -252,15 +296,26 @@ def test_construction_prompt_is_appendix_b_with_table5():
 
 
 def test_parse_verdict_variants():
-    v = parse_verdict('Sure.\n```json\n{"consistent": true, "consistency_reason": "ok", "factually_accurate": true, "factual_errors": []}\n```')
+    v = parse_verdict(
+        'Sure.\n```json\n{"consistent": true, "consistency_reason": "ok", "factually_accurate": true, "factual_errors": []}\n```'
+    )
     assert v.consistent and v.factually_accurate and v.consistency_reason == "ok"
-    v = parse_verdict('<think>{"consistent": false}</think>{"consistent": "no", "factual_errors": ["no dog in the picture"]}')
+    v = parse_verdict(
+        '<think>{"consistent": false}</think>{"consistent": "no", "factual_errors": ["no dog in the picture"]}'
+    )
     assert not v.consistent and not v.factually_accurate and v.factual_errors == ["no dog in the picture"]
     v = parse_verdict('{"consistent": true, "factually_accurate": true, "factual_errors": ["None"]}')
     assert v.factually_accurate and v.factual_errors == []
     # Listed errors override a claim of accuracy.
-    assert not parse_verdict('{"consistent": true, "factually_accurate": true, "factual_errors": ["a red car"]}').factually_accurate
-    for bad in ("no json here", '{"verdict": true}', '{"consistent": "maybe", "factual_errors": []}', '{"consistent": true}'):
+    assert not parse_verdict(
+        '{"consistent": true, "factually_accurate": true, "factual_errors": ["a red car"]}'
+    ).factually_accurate
+    for bad in (
+        "no json here",
+        '{"verdict": true}',
+        '{"consistent": "maybe", "factual_errors": []}',
+        '{"consistent": true}',
+    ):
         with pytest.raises(JudgeParseError):
             parse_verdict(bad)
 
@@ -277,18 +332,23 @@ def test_template_judge_on_template_and_swapped_critiques(synthetic):
         assert not judge.judge_sync(item, write_critique(other)).consistent
         other = next(o for o in synthetic if o.attributes["subject"] != item.attributes["subject"])
         verdict = judge.judge_sync(item, write_critique(other))
-        assert not verdict.factually_accurate and f"subject is a {item.attributes['subject']}" in "; ".join(verdict.factual_errors)
+        assert not verdict.factually_accurate and f"subject is a {item.attributes['subject']}" in "; ".join(
+            verdict.factual_errors
+        )
 
 
-@pytest.mark.parametrize(("text", "band"), [
-    ("The light is soft. Overall, a strong image.", "good"),
-    ("Overall, an average image.", "fair"),
-    ("Colours clash. In the end, a poor picture.", "bad"),
-    ("Overall, not a strong image.", None),
-    ("The light is soft.", None),
-    ("Overall, a strong but flawed image.", None),
-    ("Overall, a weak image. Thanks for reading!", "bad"),
-])
+@pytest.mark.parametrize(
+    ("text", "band"),
+    [
+        ("The light is soft. Overall, a strong image.", "good"),
+        ("Overall, an average image.", "fair"),
+        ("Colours clash. In the end, a poor picture.", "bad"),
+        ("Overall, not a strong image.", None),
+        ("The light is soft.", None),
+        ("Overall, a strong but flawed image.", None),
+        ("Overall, a weak image. Thanks for reading!", "bad"),
+    ],
+)
 def test_verdict_band(text, band):
     assert verdict_band(text) == band
 
@@ -300,7 +360,13 @@ def test_format_filter_and_cleaning():
     assert not check_format(good, "length").passed
     assert "too short" in check_format("Nice.", "stop").reason
     assert "tags" in check_format(good + " <answer>0.8</answer>", "stop").reason
-    assert "English" in check_format("Очень красивая фотография с мягким светом и глубокими тенями, тонкая гармония цвета и спокойное настроение.", "stop").reason
+    assert (
+        "English"
+        in check_format(
+            "Очень красивая фотография с мягким светом и глубокими тенями, тонкая гармония цвета и спокойное настроение.",
+            "stop",
+        ).reason
+    )
     assert "refusal" in check_format("", "refusal").reason
     assert "too long" in check_format(good, "stop", max_chars=50).reason
 
@@ -337,7 +403,9 @@ def test_bad_input_raises_before_work(synthetic, tmp_path):
 
 
 def test_missing_image_is_dropped(synthetic, tmp_path):
-    gone = ScoredImage(str(tmp_path / "gone.png"), 0.9, "synthetic", "gone", attributes=synthetic[0].attributes)
+    gone = ScoredImage(
+        str(tmp_path / "gone.png"), 0.9, "synthetic", "gone", attributes=synthetic[0].attributes
+    )
     out = tmp_path / "m.jsonl"
     report = build_dataset([gone], ScriptedExpert(), out, per_bin=1, progress=False)
     assert report.dropped["missing_image"] == 1
@@ -347,10 +415,22 @@ def test_missing_image_is_dropped(synthetic, tmp_path):
 def test_cli_template_build_and_check_leakage(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("AESR1_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "cli.jsonl"
-    code = cli_main([
-        "build", "--data", "synthetic?n=150&image_size=16", "--expert", "template", "--out", str(out),
-        "--per-bin", "4", "--good", "2", "--no-progress",
-    ])
+    code = cli_main(
+        [
+            "build",
+            "--data",
+            "synthetic?n=150&image_size=16",
+            "--expert",
+            "template",
+            "--out",
+            str(out),
+            "--per-bin",
+            "4",
+            "--good",
+            "2",
+            "--no-progress",
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0 and "complete" in printed and "report saved" in printed
     assert Counter(r["bin"] for r in _lines(out)) == {"bad": 4, "fair": 4, "good": 2}
@@ -361,7 +441,10 @@ def test_cli_template_build_and_check_leakage(tmp_path, monkeypatch, capsys):
     assert "arg0: clean" in printed and "arg1: LEAK" in printed and "1 of 2 leak" in printed
     assert cli_main(["check-leakage", "--file", str(out)]) == 0
 
-    assert cli_main(["build", "--data", "synthetic", "--expert", "template", "--out", str(tmp_path / "x.csv")]) == 2
+    assert (
+        cli_main(["build", "--data", "synthetic", "--expert", "template", "--out", str(tmp_path / "x.csv")])
+        == 2
+    )
     assert "--out must be a .jsonl" in capsys.readouterr().err
     assert cli_main(["build", "--data", "nosuchset:/x", "--expert", "template", "--out", str(out)]) == 2
     assert "unknown dataset" in capsys.readouterr().err

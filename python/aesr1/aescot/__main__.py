@@ -57,62 +57,117 @@ def build_parser() -> argparse.ArgumentParser:
 
     build = commands.add_parser("build", help="generate, filter and balance AesCoT data")
     data = build.add_argument_group("data and output")
-    data.add_argument("--data", required=True, help="dataset spec of aesr1.data (synthetic[:dir], ava:/data/AVA, csv:f.csv?range=1..10, ...) "
-                      "or a bare .csv/.jsonl file with image,score columns")
-    data.add_argument("--split", default=None, choices=("train", "val", "test", "all"),
-                      help="dataset split (default: train for datasets, all for a bare score file)")
-    data.add_argument("--score-range", type=_score_range, default=(0.0, 1.0),
-                      help="LO,HI of a bare score file's scores (default 0,1)")
+    data.add_argument(
+        "--data",
+        required=True,
+        help="dataset spec of aesr1.data (synthetic[:dir], ava:/data/AVA, csv:f.csv?range=1..10, ...) "
+        "or a bare .csv/.jsonl file with image,score columns",
+    )
+    data.add_argument(
+        "--split",
+        default=None,
+        choices=("train", "val", "test", "all"),
+        help="dataset split (default: train for datasets, all for a bare score file)",
+    )
+    data.add_argument(
+        "--score-range",
+        type=_score_range,
+        default=(0.0, 1.0),
+        help="LO,HI of a bare score file's scores (default 0,1)",
+    )
     data.add_argument("--out", required=True, type=Path, help="output .jsonl (resumed when it exists)")
-    data.add_argument("--per-bin", type=_positive_int, default=DEFAULT_PER_BIN, help="kept items per bin (default 1000)")
+    data.add_argument(
+        "--per-bin", type=_positive_int, default=DEFAULT_PER_BIN, help="kept items per bin (default 1000)"
+    )
     for name in ("bad", "fair", "good"):
-        data.add_argument(f"--{name}", type=_positive_int, default=None, help=f"target for the {name} bin (overrides --per-bin)")
+        data.add_argument(
+            f"--{name}",
+            type=_positive_int,
+            default=None,
+            help=f"target for the {name} bin (overrides --per-bin)",
+        )
     data.add_argument("--seed", type=int, default=0, help="sampling-order seed (default 0)")
     data.add_argument("--concurrency", type=int, default=8, help="items in flight (default 8)")
-    data.add_argument("--limit", type=_positive_int, default=None, help="send at most this many items to the expert in this run")
+    data.add_argument(
+        "--limit",
+        type=_positive_int,
+        default=None,
+        help="send at most this many items to the expert in this run",
+    )
     data.add_argument("--overwrite", action="store_true", help="discard earlier output instead of resuming")
-    data.add_argument("--no-retry-failed", action="store_true", help="do not retry items that failed with errors before")
+    data.add_argument(
+        "--no-retry-failed", action="store_true", help="do not retry items that failed with errors before"
+    )
     data.add_argument("--min-chars", type=int, default=80, help="drop shorter critiques (default 80)")
     data.add_argument("--max-chars", type=int, default=None, help="drop longer critiques")
-    data.add_argument("--max-consecutive-errors", type=int, default=50, help="stop after this many errors in a row")
+    data.add_argument(
+        "--max-consecutive-errors", type=int, default=50, help="stop after this many errors in a row"
+    )
     data.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     expert = build.add_argument_group("expert")
-    expert.add_argument("--expert", required=True, choices=("chat", "openai", "transformers", "template"),
-                        help="chat/openai: OpenAI-compatible endpoint; transformers: local VLM; template: synthetic data")
-    expert.add_argument("--no-dimensions", action="store_true", help="Appendix B prompt without the Table 5 dimensions")
+    expert.add_argument(
+        "--expert",
+        required=True,
+        choices=("chat", "openai", "transformers", "template"),
+        help="chat/openai: OpenAI-compatible endpoint; transformers: local VLM; template: synthetic data",
+    )
+    expert.add_argument(
+        "--no-dimensions", action="store_true", help="Appendix B prompt without the Table 5 dimensions"
+    )
     expert.add_argument("--temperature", type=float, default=None, help="expert sampling temperature")
 
     chat = build.add_argument_group("chat-completions endpoint (--expert chat / --judge chat)")
-    chat.add_argument("--base-url", default=os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1"),
-                      help="API root, e.g. http://localhost:8000/v1 (default $OPENAI_BASE_URL or OpenAI)")
+    chat.add_argument(
+        "--base-url",
+        default=os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1"),
+        help="API root, e.g. http://localhost:8000/v1 (default $OPENAI_BASE_URL or OpenAI)",
+    )
     chat.add_argument("--model", default="gpt-4.1", help="model name (default gpt-4.1, the paper's expert)")
-    chat.add_argument("--api-key-env", default="OPENAI_API_KEY", help="env var holding the API key ('' for none)")
+    chat.add_argument(
+        "--api-key-env", default="OPENAI_API_KEY", help="env var holding the API key ('' for none)"
+    )
     chat.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default 120)")
     chat.add_argument("--max-retries", type=int, default=6, help="retries on 429/5xx/timeouts (default 6)")
     chat.add_argument("--backoff", type=float, default=1.0, help="initial backoff seconds (default 1)")
     chat.add_argument("--backoff-max", type=float, default=60.0, help="backoff cap in seconds (default 60)")
-    chat.add_argument("--rpm", type=float, default=None, help="requests per minute (token bucket; default unlimited)")
+    chat.add_argument(
+        "--rpm", type=float, default=None, help="requests per minute (token bucket; default unlimited)"
+    )
     chat.add_argument("--max-tokens", type=int, default=1024, help="expert completion cap (default 1024)")
-    chat.add_argument("--max-tokens-field", default="max_tokens", choices=("max_tokens", "max_completion_tokens"))
+    chat.add_argument(
+        "--max-tokens-field", default="max_tokens", choices=("max_tokens", "max_completion_tokens")
+    )
     chat.add_argument("--image-detail", default=None, choices=("low", "high", "auto"))
-    chat.add_argument("--max-image-side", type=int, default=None, help="downscale larger images before sending")
+    chat.add_argument(
+        "--max-image-side", type=int, default=None, help="downscale larger images before sending"
+    )
 
     local = build.add_argument_group("local model (--expert transformers / --judge transformers)")
     local.add_argument("--model-path", default=None, help="local vision-language checkpoint directory")
     local.add_argument("--dtype", default=None, help="torch dtype, e.g. bfloat16")
     local.add_argument("--device", default=None, help="torch device, e.g. cuda")
-    local.add_argument("--max-new-tokens", type=int, default=1024, help="expert generation cap (default 1024)")
+    local.add_argument(
+        "--max-new-tokens", type=int, default=1024, help="expert generation cap (default 1024)"
+    )
 
     judge = build.add_argument_group("judge (consistency and factual errors)")
-    judge.add_argument("--judge", default="auto", choices=("auto", "none", "template", "chat", "openai", "transformers"),
-                       help="auto: template for --expert template, otherwise the expert's backend")
+    judge.add_argument(
+        "--judge",
+        default="auto",
+        choices=("auto", "none", "template", "chat", "openai", "transformers"),
+        help="auto: template for --expert template, otherwise the expert's backend",
+    )
     judge.add_argument("--judge-model", default=None, help="judge model name (default: --model)")
     judge.add_argument("--judge-base-url", default=None, help="judge API root (default: --base-url)")
     judge.add_argument("--judge-model-path", default=None, help="judge checkpoint (default: --model-path)")
-    judge.add_argument("--no-judge-json-mode", action="store_true", help="do not send response_format=json_object")
+    judge.add_argument(
+        "--no-judge-json-mode", action="store_true", help="do not send response_format=json_object"
+    )
 
-    leak = commands.add_parser("check-leakage", help="report score leakage in sentences or an AesCoT JSONL file")
+    leak = commands.add_parser(
+        "check-leakage", help="report score leakage in sentences or an AesCoT JSONL file"
+    )
     leak.add_argument("text", nargs="*", help="sentences to check")
     leak.add_argument("--file", type=Path, default=None, help="JSONL file; checks each record's 'critique'")
     return parser
@@ -168,8 +223,16 @@ def _make_expert_and_judge(args):
     if kind == "template":
         return expert, TemplateJudge()
     if kind in ("chat", "openai"):
-        same_endpoint = client is not None and args.judge_model in (None, args.model) and args.judge_base_url in (None, args.base_url)
-        judge_client = client if same_endpoint else ChatClient(_endpoint(args, model=args.judge_model, base_url=args.judge_base_url))
+        same_endpoint = (
+            client is not None
+            and args.judge_model in (None, args.model)
+            and args.judge_base_url in (None, args.base_url)
+        )
+        judge_client = (
+            client
+            if same_endpoint
+            else ChatClient(_endpoint(args, model=args.judge_model, base_url=args.judge_base_url))
+        )
         return expert, ChatJudge(judge_client, json_mode=not args.no_judge_json_mode)
     path = args.judge_model_path or args.model_path
     if not path:
@@ -200,7 +263,9 @@ def _build(args) -> int:
     )
     if args.out.suffix.lower() != ".jsonl":
         raise ValueError(f"--out must be a .jsonl file, got {str(args.out)!r}")
-    items = load_items(args.data, split=args.split, score_range=args.score_range, progress=not args.no_progress)
+    items = load_items(
+        args.data, split=args.split, score_range=args.score_range, progress=not args.no_progress
+    )
     expert, judge = _make_expert_and_judge(args)
     report = build_dataset(items, expert, args.out, judge=judge, config=config)
     print(report.format_table())

@@ -73,7 +73,11 @@ class EndpointConfig:
             raise ValueError(f"model must be a non-empty string, got {self.model!r}")
         if not self.timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0, got {self.timeout_s!r}")
-        if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int) or self.max_retries < 0:
+        if (
+            isinstance(self.max_retries, bool)
+            or not isinstance(self.max_retries, int)
+            or self.max_retries < 0
+        ):
             raise ValueError(f"max_retries must be an integer >= 0, got {self.max_retries!r}")
         if self.backoff_initial_s < 0 or self.backoff_max_s < 0 or self.max_retry_after_s < 0:
             raise ValueError("backoff_initial_s, backoff_max_s and max_retry_after_s must be >= 0")
@@ -255,10 +259,16 @@ class ChatClient:
                 self.stats[f"status_{status}"] += 1
                 if status == 200:
                     try:
-                        return self._parse(response.json(), attempt + 1)
-                    except (ValueError, KeyError, IndexError, TypeError) as error:
+                        result = self._parse(response.json(), attempt + 1)
+                    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as error:
                         self.stats["malformed_responses"] += 1
                         last_error = f"malformed response body: {error}"
+                    else:
+                        for key in ("prompt_tokens", "completion_tokens"):
+                            value = result.usage.get(key)
+                            if isinstance(value, int):
+                                self.stats[key] += value
+                        return result
                 elif status in FATAL_STATUSES:
                     hint = f" (is ${self.config.api_key_env} set?)" if status in (401, 403) else ""
                     raise ChatFatalError(
@@ -279,9 +289,7 @@ class ChatClient:
             else:
                 await asyncio.sleep(self._backoff(attempt))
         self.stats["failed_requests"] += 1
-        raise ChatError(
-            f"gave up after {self.config.max_retries + 1} attempts: {last_error}", retryable=True
-        )
+        raise ChatError(f"gave up after {self.config.max_retries + 1} attempts: {last_error}", retryable=True)
 
     @staticmethod
     def _parse(data: dict[str, Any], attempts: int) -> ChatResult:
@@ -291,4 +299,6 @@ class ChatClient:
         finish_reason = choice.get("finish_reason")
         if not text and message.get("refusal"):
             finish_reason = "refusal"
-        return ChatResult(text=text, finish_reason=finish_reason, usage=data.get("usage") or {}, attempts=attempts)
+        return ChatResult(
+            text=text, finish_reason=finish_reason, usage=data.get("usage") or {}, attempts=attempts
+        )

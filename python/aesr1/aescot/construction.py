@@ -40,8 +40,8 @@ def _band_description() -> str:
 JUDGE_PROMPT = (
     "You audit training data for an image aesthetics model. Below is a critique of this picture "
     "<image> written by an expert who knew its aesthetic rating. The rating is {score} on a 0-1 scale "
-    "(0 very poor, 1 excellent), which falls in the \"{band}\" band; the bands are {bands}.\n\n"
-    "Critique:\n\"\"\"\n{critique}\n\"\"\"\n\n"
+    '(0 very poor, 1 excellent), which falls in the "{band}" band; the bands are {bands}.\n\n'
+    'Critique:\n"""\n{critique}\n"""\n\n'
     "Check two things.\n"
     "1. consistent: do the critique's reasoning and its final judgment agree with the rating band? "
     "A critique that praises a poor picture, condemns an excellent one, or ends with a judgment that "
@@ -50,8 +50,8 @@ JUDGE_PROMPT = (
     "elements that do not exist or misreading visible features (colours, light, subjects, layout) are "
     "factual errors.\n"
     "Answer with one JSON object and nothing else, in this form:\n"
-    "{{\"consistent\": true, \"consistency_reason\": \"...\", \"factually_accurate\": true, "
-    "\"factual_errors\": []}}"
+    '{{"consistent": true, "consistency_reason": "...", "factually_accurate": true, '
+    '"factual_errors": []}}'
 )
 
 

@@ -77,7 +77,9 @@ class ChatExpert:
         if max_tokens is not None and max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1 or None, got {max_tokens!r}")
         if max_tokens_field not in ("max_tokens", "max_completion_tokens"):
-            raise ValueError(f"max_tokens_field must be 'max_tokens' or 'max_completion_tokens', got {max_tokens_field!r}")
+            raise ValueError(
+                f"max_tokens_field must be 'max_tokens' or 'max_completion_tokens', got {max_tokens_field!r}"
+            )
         self.temperature = temperature
         self.max_tokens = max_tokens
         self.max_tokens_field = max_tokens_field
@@ -88,8 +90,8 @@ class ChatExpert:
     def validate(self, items: Sequence[ScoredImage]) -> None:
         return None
 
-    def messages(self, item: ScoredImage) -> list[dict[str, Any]]:
-        url = image_data_url(item.image, self.client.config.max_image_side)
+    def messages(self, item: ScoredImage, image_url: str | None = None) -> list[dict[str, Any]]:
+        url = image_url or image_data_url(item.image, self.client.config.max_image_side)
         content = chat_content(construction_prompt(item.score, with_dimensions=self.with_dimensions), url)
         detail = self.client.config.image_detail
         if detail is not None:
@@ -108,7 +110,9 @@ class ChatExpert:
             params["temperature"] = self.temperature
         if self.max_tokens is not None:
             params[self.max_tokens_field] = self.max_tokens
-        result = await self.client.complete(self.messages(item), **params)
+        # Reading and (optionally) resizing the image off the event loop keeps other requests flowing.
+        url = await asyncio.to_thread(image_data_url, item.image, self.client.config.max_image_side)
+        result = await self.client.complete(self.messages(item, url), **params)
         return Critique(result.text, result.finish_reason)
 
     async def aclose(self) -> None:
@@ -130,7 +134,9 @@ class LocalModel:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, *, dtype: str | None = None, device: str | None = None) -> LocalModel:
+    def from_pretrained(
+        cls, path: str | Path, *, dtype: str | None = None, device: str | None = None
+    ) -> LocalModel:
         from aesr1.modeling.loading import load_model
 
         model, processor = load_model(path, dtype=dtype)
@@ -139,7 +145,9 @@ class LocalModel:
         model.eval()
         return cls(model, processor, name=str(path))
 
-    def _generate_sync(self, image: str, prompt: str, max_new_tokens: int, temperature: float, do_sample: bool, seed: int) -> Critique:
+    def _generate_sync(
+        self, image: str, prompt: str, max_new_tokens: int, temperature: float, do_sample: bool, seed: int
+    ) -> Critique:
         from aesr1.generation import generate_completions
 
         with self._lock:
@@ -160,8 +168,12 @@ class LocalModel:
         n_tokens = len(self.processor.tokenizer(text, add_special_tokens=False)["input_ids"])
         return Critique(text, "length" if n_tokens >= max_new_tokens else "stop")
 
-    async def generate(self, image: str, prompt: str, *, max_new_tokens: int, temperature: float, do_sample: bool, seed: int) -> Critique:
-        return await asyncio.to_thread(self._generate_sync, image, prompt, max_new_tokens, temperature, do_sample, seed)
+    async def generate(
+        self, image: str, prompt: str, *, max_new_tokens: int, temperature: float, do_sample: bool, seed: int
+    ) -> Critique:
+        return await asyncio.to_thread(
+            self._generate_sync, image, prompt, max_new_tokens, temperature, do_sample, seed
+        )
 
 
 class TransformersExpert:

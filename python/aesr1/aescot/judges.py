@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Sequence
@@ -129,7 +130,7 @@ class ChatJudge:
         return None
 
     async def judge(self, item: ScoredImage, critique: str) -> JudgeVerdict:
-        url = image_data_url(item.image, self.client.config.max_image_side)
+        url = await asyncio.to_thread(image_data_url, item.image, self.client.config.max_image_side)
         messages = [{"role": "user", "content": chat_content(judge_prompt(item.score, critique), url)}]
         params: dict[str, Any] = {}
         if self.temperature is not None:
@@ -187,16 +188,56 @@ class TransformersJudge:
 #: Words of an overall judgment, by the bin they express (Appendix E.2 bins).
 VERDICT_WORDS: dict[str, tuple[str, ...]] = {
     "bad": (
-        "weak", "poor", "bad", "dull", "failed", "fails", "unsuccessful", "disappointing", "mediocre",
-        "amateurish", "flawed", "unappealing", "lacklustre", "lackluster", "muddled", "confused", "awkward",
+        "weak",
+        "poor",
+        "bad",
+        "dull",
+        "failed",
+        "fails",
+        "unsuccessful",
+        "disappointing",
+        "mediocre",
+        "amateurish",
+        "flawed",
+        "unappealing",
+        "lacklustre",
+        "lackluster",
+        "muddled",
+        "confused",
+        "awkward",
     ),
     "fair": (
-        "average", "fair", "middling", "modest", "decent", "ordinary", "passable", "adequate",
-        "competent", "uneven", "mixed", "acceptable", "unremarkable",
+        "average",
+        "fair",
+        "middling",
+        "modest",
+        "decent",
+        "ordinary",
+        "passable",
+        "adequate",
+        "competent",
+        "uneven",
+        "mixed",
+        "acceptable",
+        "unremarkable",
     ),
     "good": (
-        "strong", "fine", "excellent", "accomplished", "striking", "compelling", "beautiful", "superb",
-        "outstanding", "polished", "masterful", "lovely", "impressive", "remarkable", "good", "great",
+        "strong",
+        "fine",
+        "excellent",
+        "accomplished",
+        "striking",
+        "compelling",
+        "beautiful",
+        "superb",
+        "outstanding",
+        "polished",
+        "masterful",
+        "lovely",
+        "impressive",
+        "remarkable",
+        "good",
+        "great",
     ),
 }
 _NEGATORS = ("not", "never", "hardly", "barely", "isn't", "wasn't", "no", "nor", "far from")
@@ -266,9 +307,13 @@ def attribute_contradictions(critique: str, attributes: dict[str, Any]) -> list[
         if other != palette and any(_mentions(text, w) for w in words):
             errors.append(f"describes a {other} palette but it is {palette}")
     exposure = float(attributes["exposure"])
-    if exposure > 0.15 and any(_mentions(text, w) for w in ("under-exposed", "underexposed", "a little dark", "too dark")):
+    if exposure > 0.15 and any(
+        _mentions(text, w) for w in ("under-exposed", "underexposed", "a little dark", "too dark")
+    ):
         errors.append(f"calls the image dark but it is over-exposed (exposure {exposure:+.2f})")
-    if exposure < -0.15 and any(_mentions(text, w) for w in ("over-exposed", "overexposed", "a little bright", "too bright", "blown")):
+    if exposure < -0.15 and any(
+        _mentions(text, w) for w in ("over-exposed", "overexposed", "a little bright", "too bright", "blown")
+    ):
         errors.append(f"calls the image bright but it is under-exposed (exposure {exposure:+.2f})")
     if abs(exposure) > 0.6 and _mentions(text, "well exposed"):
         errors.append(f"calls the image well exposed but exposure is {exposure:+.2f}")
@@ -316,7 +361,10 @@ class TemplateJudge:
         if band is None:
             consistent, reason = False, "no clear overall judgment at the end of the critique"
         elif band != expected:
-            consistent, reason = False, f"final judgment reads {band!r} but the score is in the {expected!r} bin"
+            consistent, reason = (
+                False,
+                f"final judgment reads {band!r} but the score is in the {expected!r} bin",
+            )
         else:
             consistent, reason = True, f"final judgment reads {band!r}, matching the score's bin"
         errors = attribute_contradictions(critique, item.attributes)

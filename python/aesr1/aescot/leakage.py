@@ -91,7 +91,10 @@ _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     # Rating vocabulary.
     ("rating_word", _rx(r"\bscor(?:e|es|ed|ing)\b")),
     ("rating_word", _rx(r"\b(?:ratings?|rated|raters?)\b")),
-    ("rating_word", _rx(r"\b(?:i|we)(?:'d|'ll|\s+would|\s+will|\s+can|\s+could|\s+might|\s+should)?\s+rate\b")),
+    (
+        "rating_word",
+        _rx(r"\b(?:i|we)(?:'d|'ll|\s+would|\s+will|\s+can|\s+could|\s+might|\s+should)?\s+rate\b"),
+    ),
     ("rating_word", _rx(r"\brate\s+(?:it|this|the\s+(?:image|photo|photograph|picture|shot|work))\b")),
     ("rating_word", _rx(r"\brates\s+(?:highly|high|well|poorly|low|above|below|among|near|around)\b")),
     ("rating_word", _rx(r"\b(?:i|we)(?:'d|\s+would)?\s+grade\b|\bgrade\s+(?:it|this)\b")),
@@ -103,7 +106,10 @@ _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("rating_word", re.compile(r"\bMOS\b")),
     # References to the hidden score, the instructions or the annotation.
     ("hidden_reference", _rx(rf"\b{_QUALIFIED}\s+{_HIDDEN_OBJECT}\b")),
-    ("hidden_reference", _rx(r"\b(?:score|rating|label|value|grade)\s+(?:provided|given|supplied|assigned)\b")),
+    (
+        "hidden_reference",
+        _rx(r"\b(?:score|rating|label|value|grade)\s+(?:provided|given|supplied|assigned)\b"),
+    ),
     ("hidden_reference", _rx(r"\b(?:the|these|those|your|my|its|their|following)\s+instructions?\b")),
     ("hidden_reference", _rx(r"\bas\s+(?:instructed|requested|directed|specified|required)\b")),
     (

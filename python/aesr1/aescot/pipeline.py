@@ -26,7 +26,7 @@ from aesr1.aescot.experts import Expert
 from aesr1.aescot.filters import FilterVerdict, check_format, check_leakage, clean_critique
 from aesr1.aescot.judges import Judge, JudgeParseError
 from aesr1.aescot.report import BinReport, BuildReport
-from aesr1.aescot.store import JsonlAppender, OutputPaths, ResumeState
+from aesr1.aescot.store import JsonlAppender, OutputLock, OutputPaths, ResumeState
 from aesr1.data.records import ScoredImage
 from aesr1.prompts import BINS, SCORING_PROMPT, format_completion, score_bin
 
@@ -173,7 +173,13 @@ class _BinScheduler:
     request is spent on an item that could not be kept; a failed item frees its slot for the next.
     """
 
-    def __init__(self, queues: dict[str, list[ScoredImage]], targets: dict[str, int], kept: Counter, max_attempts: int | None) -> None:
+    def __init__(
+        self,
+        queues: dict[str, list[ScoredImage]],
+        targets: dict[str, int],
+        kept: Counter,
+        max_attempts: int | None,
+    ) -> None:
         self.queues = {name: list(reversed(queue)) for name, queue in queues.items()}  # pop() from the end
         self.targets = targets
         self.kept = kept
@@ -272,7 +278,9 @@ class _Builder:
             except Exception as error:
                 return self._error(item, "judge_error", f"{type(error).__name__}: {error}", critique, filters)
             filters["consistency"] = FilterVerdict(verdict.consistent, verdict.consistency_reason).to_json()
-            filters["factual"] = FilterVerdict(verdict.factually_accurate, "; ".join(verdict.factual_errors)).to_json()
+            filters["factual"] = FilterVerdict(
+                verdict.factually_accurate, "; ".join(verdict.factual_errors)
+            ).to_json()
             if not verdict.consistent:
                 return self._drop(item, "inconsistent", verdict.consistency_reason, critique, filters)
             if not verdict.factually_accurate:
@@ -280,10 +288,14 @@ class _Builder:
         return _Outcome("kept", sft_record(item, critique, filters))
 
     def _drop(self, item, reason, detail, critique, filters) -> _Outcome:
-        return _Outcome("dropped", _reject_record(item, reason, detail, final=True, critique=critique, filters=filters))
+        return _Outcome(
+            "dropped", _reject_record(item, reason, detail, final=True, critique=critique, filters=filters)
+        )
 
     def _error(self, item, reason, detail, critique, filters) -> _Outcome:
-        return _Outcome("error", _reject_record(item, reason, detail, final=False, critique=critique, filters=filters))
+        return _Outcome(
+            "error", _reject_record(item, reason, detail, final=False, critique=critique, filters=filters)
+        )
 
 
 def _check_meta(paths: OutputPaths, meta: dict[str, Any], resuming: bool) -> list[str]:
@@ -295,7 +307,9 @@ def _check_meta(paths: OutputPaths, meta: dict[str, Any], resuming: bool) -> lis
             previous = {}
         for key in ("expert", "judge", "seed"):
             if key in previous and previous[key] != meta[key]:
-                notes.append(f"resuming {paths.out} written with {key}={previous[key]!r}, now {key}={meta[key]!r}")
+                notes.append(
+                    f"resuming {paths.out} written with {key}={previous[key]!r}, now {key}={meta[key]!r}"
+                )
     if not (resuming and paths.meta.exists()):
         paths.meta.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return notes
@@ -326,7 +340,9 @@ def _make_report(paths, expert, judge, targets, items, untried, run_info, notes)
     )
     for name, b in bins.items():
         if b.shortfall and b.untried == 0:
-            report.warnings.append(f"bin {name!r} ran out of items {b.shortfall} short of its target of {b.target}")
+            report.warnings.append(
+                f"bin {name!r} ran out of items {b.shortfall} short of its target of {b.target}"
+            )
     return report
 
 
@@ -348,7 +364,9 @@ async def abuild_dataset(
     if not (hasattr(expert, "critique") and asyncio.iscoroutinefunction(expert.critique)):
         raise TypeError(f"expert must provide 'async def critique(item)', got {type(expert).__name__}")
     if judge is not None and not (hasattr(judge, "judge") and asyncio.iscoroutinefunction(judge.judge)):
-        raise TypeError(f"judge must provide 'async def judge(item, critique)' or be None, got {type(judge).__name__}")
+        raise TypeError(
+            f"judge must provide 'async def judge(item, critique)' or be None, got {type(judge).__name__}"
+        )
     _validate_items(items)
     expert.validate(items)
     if judge is not None:
@@ -358,6 +376,11 @@ async def abuild_dataset(
     if paths.out.suffix.lower() != ".jsonl":
         raise ValueError(f"out_path must be a .jsonl file, got {str(paths.out)!r}")
     paths.out.parent.mkdir(parents=True, exist_ok=True)
+    with OutputLock(paths.lock):
+        return await _build_locked(items, expert, judge, paths, config)
+
+
+async def _build_locked(items, expert, judge, paths: OutputPaths, config: BuildConfig) -> BuildReport:
     if config.overwrite:
         for path in paths.existing():
             path.unlink()
@@ -372,7 +395,7 @@ async def abuild_dataset(
     }
     notes = _check_meta(paths, meta, resuming)
     for note in notes:
-        warnings.warn(note, stacklevel=2)
+        warnings.warn(note, stacklevel=3)
 
     state = ResumeState.load(paths)
     finished = state.finished(config.retry_failed)
@@ -427,9 +450,7 @@ async def abuild_dataset(
                     )
             else:
                 builder.consecutive_errors = 0
-            bar.set_postfix(
-                {k: v for k, v in builder.run_counts.items() if k != "kept"}, refresh=False
-            )
+            bar.set_postfix({k: v for k, v in builder.run_counts.items() if k != "kept"}, refresh=False)
 
     try:
         with JsonlAppender(paths.out) as out_file, JsonlAppender(paths.rejects) as rejects_file:
@@ -446,7 +467,11 @@ async def abuild_dataset(
     finally:
         bar.close()
         endpoint_stats: Counter[str] = Counter()
-        clients = {id(c): c for c in (getattr(expert, "client", None), getattr(judge, "client", None)) if c is not None}
+        clients = {
+            id(c): c
+            for c in (getattr(expert, "client", None), getattr(judge, "client", None))
+            if c is not None
+        }
         for client in clients.values():
             endpoint_stats.update(client.stats)
         run_info = {
@@ -455,7 +480,9 @@ async def abuild_dataset(
             "elapsed_s": round(time.monotonic() - started, 3),
             "endpoint": dict(endpoint_stats),
         }
-        report = _make_report(paths, expert, judge, config.targets, items, scheduler.untried(), run_info, notes)
+        report = _make_report(
+            paths, expert, judge, config.targets, items, scheduler.untried(), run_info, notes
+        )
         report.save(paths.report)
     return report
 
@@ -481,7 +508,9 @@ def build_dataset(
 
     async def run() -> BuildReport:
         try:
-            return await abuild_dataset(items, expert, out_path, per_bin=per_bin, judge=judge, config=config, **overrides)
+            return await abuild_dataset(
+                items, expert, out_path, per_bin=per_bin, judge=judge, config=config, **overrides
+            )
         finally:
             if close:
                 for party in (expert, judge):

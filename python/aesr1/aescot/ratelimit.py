@@ -16,7 +16,9 @@ class TokenBucket:
     `clock` and `sleep` are injectable so tests can run the bucket on virtual time.
     """
 
-    def __init__(self, rate: float, burst: float | None = None, *, clock=time.monotonic, sleep=asyncio.sleep) -> None:
+    def __init__(
+        self, rate: float, burst: float | None = None, *, clock=time.monotonic, sleep=asyncio.sleep
+    ) -> None:
         if not rate > 0:
             raise ValueError(f"rate must be > 0 requests per second, got {rate!r}")
         burst = max(1.0, rate) if burst is None else float(burst)

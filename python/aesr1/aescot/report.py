@@ -92,17 +92,34 @@ class BuildReport:
         rows = []
         for name, b in self.bins.items():
             rows.append(
-                [name, b.target, b.kept, *(b.dropped.get(r, 0) for r in reasons), sum(b.errors.values()), b.untried, b.available]
+                [
+                    name,
+                    b.target,
+                    b.kept,
+                    *(b.dropped.get(r, 0) for r in reasons),
+                    sum(b.errors.values()),
+                    b.untried,
+                    b.available,
+                ]
             )
         totals = ["all", sum(b.target for b in self.bins.values()), self.kept]
         totals += [self.dropped.get(r, 0) for r in reasons]
-        totals += [sum(self.errors.values()), sum(b.untried for b in self.bins.values()), sum(b.available for b in self.bins.values())]
+        totals += [
+            sum(self.errors.values()),
+            sum(b.untried for b in self.bins.values()),
+            sum(b.available for b in self.bins.values()),
+        ]
         rows.append(totals)
         widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
-        lines = ["  ".join(str(v).rjust(w) for v, w in zip(row, widths, strict=True)) for row in [header, *rows]]
+        lines = [
+            "  ".join(str(v).rjust(w) for v, w in zip(row, widths, strict=True)) for row in [header, *rows]
+        ]
         lines.insert(1, "  ".join("-" * w for w in widths))
-        status = "complete" if self.complete else "INCOMPLETE: " + ", ".join(
-            f"{n} short by {b.shortfall}" for n, b in self.bins.items() if b.shortfall
+        status = (
+            "complete"
+            if self.complete
+            else "INCOMPLETE: "
+            + ", ".join(f"{n} short by {b.shortfall}" for n, b in self.bins.items() if b.shortfall)
         )
         run = self.this_run
         summary = (

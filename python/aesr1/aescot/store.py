@@ -27,6 +27,7 @@ class OutputPaths:
     rejects: Path
     report: Path
     meta: Path
+    lock: Path
 
     @classmethod
     def for_output(cls, out: str | Path) -> OutputPaths:
@@ -37,10 +38,49 @@ class OutputPaths:
             rejects=out.with_name(f"{stem}.rejects.jsonl"),
             report=out.with_name(f"{stem}.report.json"),
             meta=out.with_name(f"{stem}.meta.json"),
+            lock=out.with_name(f"{stem}.lock"),
         )
 
     def existing(self) -> list[Path]:
         return [p for p in (self.out, self.rejects, self.report, self.meta) if p.exists()]
+
+
+class OutputLock:
+    """An advisory exclusive lock (``flock``) on ``<stem>.lock``, held for a whole build.
+
+    Two processes appending to one output would duplicate items; the lock makes the second fail at
+    once. The kernel drops the lock when its holder dies, so a killed run never blocks the rerun.
+    On platforms without ``fcntl`` (Windows) it does nothing.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._handle = None
+
+    def __enter__(self) -> OutputLock:
+        try:
+            import fcntl
+        except ImportError:
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+")  # noqa: SIM115 - held until __exit__
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            handle.close()
+            raise RuntimeError(
+                f"another AesCoT build holds {self.path}; wait for it or write to another --out"
+            ) from error
+        self._handle = handle
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._handle is not None:
+            import fcntl
+
+            fcntl.flock(self._handle.fileno(), fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None
 
 
 def repair_jsonl(path: Path) -> int:
@@ -85,7 +125,9 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number} is not valid JSON ({error}); fix or remove that line") from error
+                raise ValueError(
+                    f"{path}:{number} is not valid JSON ({error}); fix or remove that line"
+                ) from error
             if not isinstance(record, dict) or "id" not in record:
                 raise ValueError(f"{path}:{number} is not an AesCoT record (an object with an 'id')")
             records.append(record)
