@@ -55,6 +55,10 @@ LEAKING: list[tuple[str, str]] = [
     ("The annotators clearly liked the warm palette.", "hidden_reference"),
     ("Following these instructions, I end with a judgment.", "hidden_reference"),
     ("The expected verdict is a poor picture.", "hidden_reference"),
+    ("Honestly, a 1/10 effort.", "number"),
+    ("1. Light and Shadow: flat.\n2. Overall: 0.31", "number"),
+    ("Shot at 1/250s, it still only earns a 6.", "number"),
+    ("All in all, 1/100 at best.", "number"),
 ]
 
 CLEAN: list[str] = [
@@ -100,4 +104,10 @@ CLEAN: list[str] = [
     "The sky takes up roughly half the frame, and the tree anchors the rest.",
     "Each of the four corners is dark, which frames the subject.",
     "A strong diagonal leads the eye to the subject.",
+    "1. **Light and Shadow**: raking light.\n2. **Composition**: a low horizon.",
+    "### 3. Color\nA warm, analogous palette.",
+    "The 1970s palette and film grain suggest a 35mm camera.",
+    "A fast 1/500s shutter at f/2.8 freezes the spray; ISO 400 keeps the grain fine.",
+    "The 16:9 frame and a 45-degree diagonal give the street a cinematic sweep.",
+    "The 19th-century facade glows in the late light of the 80s-style grade.",
 ]

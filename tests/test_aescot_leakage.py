@@ -82,6 +82,24 @@ def test_every_written_score_is_flagged(score, template, prefix):
     assert {hit.kind for hit in find_leaks(f"{prefix} {text} in my view.")} & {"number", "percentage"}
 
 
+def test_every_score_in_every_written_form_is_flagged_exhaustively():
+    for hundredths in range(101):
+        score = hundredths / 100
+        forms = [
+            f"{score:.2f}",
+            f"{score:.1f}",
+            f".{hundredths:02d}",
+            f"{hundredths}%",
+            f"{hundredths}/100",
+            f"{hundredths} out of 100",
+            f"{round(score * 10)}/10",
+            f"{round(score * 10)} of 10",
+        ]
+        for form in forms:
+            assert find_leaks(f"Overall I would say {form} here."), form
+            assert find_leaks(f"1. Verdict: {form}"), form
+
+
 _WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
 
 

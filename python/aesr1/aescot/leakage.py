@@ -8,9 +8,11 @@ information or the instructions ("the provided rating", "as instructed", "I was 
 Why hand-written regular expressions: no library detects *score* leakage, and a generic number
 parser (e.g. spelled-number converters) flags ordinary description ("one subject", "two figures",
 "at first glance", "the rule of thirds", "a one-point perspective"). The patterns below flag
-spelled-out numbers only in score-like contexts, and every digit anywhere (a critique of an image
-has no business with digits, and decimals are the form the score itself takes). The behaviour is
-pinned by a table of hand-written positive and negative sentences in `tests/leakage_cases.py`.
+spelled-out numbers only in score-like contexts, and every digit except a short list of technical
+forms that cannot carry a score (list enumeration at a line start, years and decades, focal lengths,
+apertures, shutter speeds, ISO, aspect ratios, angles). Decimals, percentages and x/10 are exactly
+the forms the score itself takes. The behaviour is pinned by a table of hand-written positive and
+negative sentences in `tests/leakage_cases.py`.
 """
 
 from __future__ import annotations
@@ -134,6 +136,32 @@ _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
 )
 
 
+#: Numbers that describe the picture or the craft and cannot carry a score; they are masked before
+#: the digit check. Rating-shaped forms stay flagged: a shutter speed needs its unit ("1/250s";
+#: "1/100" alone could be a score out of a hundred), "7/10" and "1/10" never qualify, and "8" alone
+#: is not a focal length.
+_TECHNICAL_NUMBERS = re.compile(
+    r"(?:"
+    r"^[ \t>*_#-]*\d{1,2}[.)](?=\s)"  # list / heading enumeration at a line start: "1.", "**2)"
+    r"|\b(?:1[5-9]|20)\d\d(?:s\b)?"  # years and decades: 1970s, 2019
+    r"|'\d0s\b|\b\d0s\b"  # '70s, 80s
+    r"|\b\d{1,2}(?:st|nd|rd|th)[-\s]century\b"  # 19th-century
+    r"|\b\d{1,4}(?:\.\d)?\s?mm\b"  # focal lengths, film formats: 35mm, 50 mm
+    r"|\bf/\d{1,2}(?:\.\d)?\b"  # apertures: f/2.8
+    r"|\b1/(?:1[5-9]|[2-9]\d|\d{3,5})\s?(?:s|sec|secs|seconds?)\b"  # shutter speeds with a unit: 1/250s
+    r"|\bISO\s?\d{2,6}\b"  # ISO 400
+    r"|\b(?:16:9|9:16|4:3|3:4|3:2|2:3|1:1|21:9|5:4|4:5)\b"  # aspect ratios
+    r"|\b[248]K\b|\b3D\b"  # 4K, 3D
+    r"|\b\d{1,3}(?:-|\s)?(?:degrees?|°)"  # angles: 45-degree, 90 degrees
+    r")",
+    re.IGNORECASE | re.MULTILINE,
+)
+
+
+def _mask_technical_numbers(text: str) -> str:
+    return _TECHNICAL_NUMBERS.sub(lambda m: re.sub(r"\d", "#", m.group(0)), text)
+
+
 @dataclass(frozen=True)
 class LeakHit:
     """One leaking span: its kind (one of `LEAK_KINDS`), the matched text and its offsets."""
@@ -165,10 +193,14 @@ def find_leaks(text: str) -> list[LeakHit]:
     if not isinstance(text, str):
         raise TypeError(f"text must be a string, got {type(text).__name__}")
     normalised = normalise_text(text)
+    # Masking keeps every offset, so hits from both texts index the normalised string.
+    masked = _mask_technical_numbers(normalised)
     hits = {
-        (kind, match.start(), match.end()): LeakHit(kind, match.group(0), match.start(), match.end())
+        (kind, match.start(), match.end()): LeakHit(
+            kind, normalised[match.start() : match.end()], match.start(), match.end()
+        )
         for kind, pattern in _PATTERNS
-        for match in pattern.finditer(normalised)
+        for match in pattern.finditer(masked if kind == "number" else normalised)
     }
     return sorted(hits.values(), key=lambda hit: (hit.start, hit.end, hit.kind))
 
