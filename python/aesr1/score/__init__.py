@@ -1,0 +1,220 @@
+"""`aesr1.Scorer`: the critique and the aesthetic score of images from a model, in Python.
+
+    scorer = Scorer("path/to/model")            # or Scorer(model, processor)
+    for result in scorer(["a.jpg", "photos/"]):
+        print(result.score, result.critique)
+
+Same prompt, batching, parsing and failure accounting as `python -m aesr1.eval`; the command line is
+`python -m aesr1.score <images or folders> --model <dir>`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aesr1.eval.predictor import ModelPredictor, Predictor, check_predictions
+
+#: File suffixes taken from folders.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+
+_THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
+_ANSWER = re.compile(r"<answer>.*?</answer>", re.DOTALL)
+
+
+def critique_of(completion: str) -> str:
+    """The reasoning of a completion: its ``<think>`` content, else the text without answer tags."""
+    found = _THINK.findall(completion)
+    if found:
+        return found[0].strip()
+    return _ANSWER.sub("", completion).replace("<think>", "").strip()
+
+
+@dataclass
+class ScoreResult:
+    """One image's score.
+
+    Attributes:
+        image: path (or "<PIL image i>" for in-memory images).
+        score: mean of the parseable sampled scores on [0, 1]; None when none parsed or the image failed.
+        critique: the reasoning of the first parseable completion (else of the first completion).
+        completions: all sampled completions; scores: their parsed scores (None = unparseable).
+        error: why the image could not be scored (unreadable file), else None.
+    """
+
+    image: str
+    score: float | None
+    critique: str
+    completions: list[str] = field(default_factory=list)
+    scores: list[float | None] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def parse_failures(self) -> int:
+        return sum(score is None for score in self.scores)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["parse_failures"] = self.parse_failures
+        return data
+
+
+def expand_images(inputs: str | os.PathLike | Iterable[Any], recursive: bool = False) -> list[Any]:
+    """Paths and PIL images; a folder expands to its image files (sorted), a missing path raises
+    FileNotFoundError naming it."""
+    if isinstance(inputs, (str, os.PathLike)) or hasattr(inputs, "convert"):
+        inputs = [inputs]
+    expanded: list[Any] = []
+    for index, entry in enumerate(inputs):
+        if hasattr(entry, "convert"):  # PIL image
+            expanded.append(entry)
+            continue
+        if not isinstance(entry, (str, os.PathLike)):
+            raise TypeError(f"images[{index}] must be a path or a PIL image, got {type(entry).__name__}")
+        path = Path(entry).expanduser()
+        if path.is_dir():
+            pattern = "**/*" if recursive else "*"
+            files = sorted(
+                p for p in path.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            )
+            expanded.extend(str(p) for p in files)
+        elif path.exists():
+            expanded.append(str(path))
+        else:
+            raise FileNotFoundError(f"image or folder {str(path)!r} not found")
+    return expanded
+
+
+def summary(results: Sequence[ScoreResult]) -> dict[str, int]:
+    """Counts: images, scored, unreadable, completions and parse failures."""
+    return {
+        "images": len(results),
+        "scored": sum(r.score is not None for r in results),
+        "unreadable": sum(r.error is not None for r in results),
+        "completions": sum(len(r.completions) for r in results),
+        "parse_failures": sum(r.parse_failures for r in results),
+    }
+
+
+class Scorer:
+    """Scores images with a vision-language model: critique and score per image, batched.
+
+    Args:
+        model: a local model directory, or a loaded model (then give `processor`).
+        processor: the model's processor when `model` is an object.
+        num_samples: completions per image; the score is the mean of the parseable ones.
+        temperature: 0 decodes greedily (default); > 0 samples.
+        top_p, max_new_tokens, seed: generation settings (Appendix C caps completions at 1024 tokens).
+        batch_size: images per `generate` call.
+        device, dtype: where and how to load a model directory ("auto": CUDA when available).
+        predictor: a callable `(images, num_samples) -> completions` used instead of a model.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike | Any = None,
+        processor: Any = None,
+        *,
+        num_samples: int = 1,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        max_new_tokens: int = 1024,
+        batch_size: int = 8,
+        seed: int = 0,
+        device: str = "auto",
+        dtype: str | None = None,
+        predictor: Predictor | None = None,
+    ):
+        for name, value in (
+            ("num_samples", num_samples),
+            ("batch_size", batch_size),
+            ("max_new_tokens", max_new_tokens),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature!r}")
+        if temperature == 0 and num_samples > 1:
+            raise ValueError("num_samples > 1 needs sampling: set temperature > 0")
+        self.num_samples, self.batch_size = num_samples, batch_size
+        settings = dict(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
+        if predictor is not None:
+            self.predictor = predictor
+        elif isinstance(model, (str, os.PathLike)):
+            self.predictor = ModelPredictor.from_pretrained(
+                str(model), device=device, dtype=dtype, **settings
+            )
+        elif model is not None:
+            if processor is None:
+                raise TypeError("processor must be given with a model object (or pass a model directory)")
+            self.predictor = ModelPredictor(model, processor, **settings)
+        else:
+            raise TypeError("model must be a model directory or a model object (or give predictor=)")
+
+    def score(
+        self, images: str | os.PathLike | Iterable[Any], *, recursive: bool = False, progress: bool = False
+    ) -> list[ScoreResult]:
+        """Critique and score of each image (paths, folders or PIL images), in input order; unreadable
+        files get `error` set instead of raising."""
+        from aesr1.eval.runner import open_rgb
+        from aesr1.rewards import parse_scores
+
+        entries = expand_images(images, recursive)
+        results: list[ScoreResult | None] = [None] * len(entries)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(entries), desc="score", unit="img")
+        for start in range(0, len(entries), self.batch_size):
+            opened, positions = [], []
+            for position in range(start, min(start + self.batch_size, len(entries))):
+                entry = entries[position]
+                if hasattr(entry, "convert"):
+                    opened.append(entry.convert("RGB"))
+                    positions.append(position)
+                    continue
+                try:
+                    opened.append(open_rgb(entry))
+                    positions.append(position)
+                except (OSError, ValueError, SyntaxError) as error:
+                    results[position] = ScoreResult(entry, None, "", error=f"{type(error).__name__}: {error}")
+            if opened:
+                if hasattr(self.predictor, "key"):
+                    self.predictor.key = f"score/{start}"
+                completions = check_predictions(
+                    self.predictor(opened, self.num_samples), len(opened), self.num_samples
+                )
+                flat = [text for samples in completions for text in samples]
+                parsed = np.asarray(parse_scores(flat), dtype=np.float64).reshape(
+                    len(opened), self.num_samples
+                )
+                for position, samples, row in zip(positions, completions, parsed, strict=True):
+                    scores = [None if np.isnan(v) else float(v) for v in row]
+                    valid = [v for v in scores if v is not None]
+                    first_ok = next((i for i, v in enumerate(scores) if v is not None), 0)
+                    entry = entries[position]
+                    name = entry if isinstance(entry, str) else f"<PIL image {position}>"
+                    results[position] = ScoreResult(
+                        image=name,
+                        score=sum(valid) / len(valid) if valid else None,
+                        critique=critique_of(samples[first_ok]),
+                        completions=samples,
+                        scores=scores,
+                    )
+            if bar is not None:
+                bar.update(min(self.batch_size, len(entries) - start))
+        if bar is not None:
+            bar.close()
+        return [r for r in results if r is not None]
+
+    __call__ = score
+
+
+__all__ = ["IMAGE_SUFFIXES", "ScoreResult", "Scorer", "critique_of", "expand_images", "summary"]
