@@ -182,6 +182,8 @@ def test_flickr_aes_leading_spaces_worker_std_and_seeded_split(tmp_path):
     assert_matches(list(train) + list(test), expected, 1, 5, "all")
     assert test.report.split_rule == "seeded 9:1 (seed=0)"
     assert by_id(load_dataset("flickr-aes", root, "test")) == by_id(test)  # same seed, same split
+    quarter = load_dataset("flickr-aes", root, "test", test_fraction=0.25)
+    assert len(quarter) == 8 and quarter.report.split_rule == "seeded 0.75:0.25 (seed=0)"
     other = load_dataset("flickr-aes", root, "test", seed=1)
     assert set(by_id(other)) != set(by_id(test)) and len(other) == 3
 

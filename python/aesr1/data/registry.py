@@ -259,7 +259,10 @@ def load_dataset(
         )
         for a in annotations:
             a.split = "test" if a.id in test_ids else "train"
-        split_rule = f"seeded {round((1 - test_fraction) * 10)}:{round(test_fraction * 10)} (seed={seed})"
+        ratio = (
+            "9:1" if test_fraction == DEFAULT_TEST_FRACTION else f"{1 - test_fraction:g}:{test_fraction:g}"
+        )
+        split_rule = f"seeded {ratio} (seed={seed})"
     else:
         if split == "val" and "val" not in labels and official and "val" not in official:
             raise ValueError(f"split: {canonical} has no validation split")
