@@ -84,6 +84,7 @@ class FakeChatServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body go out as separate writes
 
             def log_message(self, *args):
                 pass
@@ -307,6 +308,24 @@ def test_retry_after_is_honoured_over_backoff(server, tmp_path):
     assert run(expert.critique(item)).text == "ok"
     first, second = server.requests
     assert second["time"] - first["time"] >= 0.3
+
+
+def test_retry_after_pauses_every_request_of_the_client(server, tmp_path):
+    first, second = make_items(tmp_path, [0.3, 0.6])
+    server.script(first, "expert", [{"status": 429, "headers": {"Retry-After": "0.4"}}, {"text": "one"}])
+    # The second item's first answer is a 500 that arrives after the 429, so its retry falls inside the pause.
+    server.script(second, "expert", [{"sleep": 0.1, "status": 500}, {"text": "two"}])
+    client = ChatClient(endpoint(server))
+    expert = ChatExpert(client)
+
+    async def go():
+        return await asyncio.gather(expert.critique(first), expert.critique(second))
+
+    assert [c.text for c in run(go())] == ["one", "two"]
+    start = min(r["time"] for r in server.requests)
+    second_key = server.key_of(image_data_url(second.image))
+    retry = [r for r in server.requests if r["key"] == second_key][1]
+    assert retry["time"] - start >= 0.4  # not just the 10 ms backoff of its own 500
 
 
 def test_retries_exhausted_and_fatal_statuses(server, tmp_path):
