@@ -183,6 +183,33 @@ def test_drop_reasons_are_recorded_per_item(synthetic, tmp_path):
     assert len(_lines(out)) == len({r["id"] for r in _lines(out)}) == len(synthetic) - 5
 
 
+class FlakyJudge(TemplateJudge):
+    """The template judge, failing with a transport error for the ids in `failing`."""
+
+    def __init__(self, failing):
+        self.failing = set(failing)
+
+    async def judge(self, item, critique):
+        if item.id in self.failing:
+            raise ConnectionError("judge endpoint unreachable")
+        return self.judge_sync(item, critique)
+
+
+def test_judge_errors_are_retried_without_asking_the_expert_again(synthetic, tmp_path):
+    out = tmp_path / "judge_errors.jsonl"
+    failing = [i.id for i in synthetic[:40]]
+    expert = ScriptedExpert()
+    first = build_dataset(synthetic[:40], expert, out, per_bin=40, judge=FlakyJudge(failing), progress=False)
+    assert first.kept == 0 and first.errors["judge_error"] == 40
+    rejects = read_jsonl(OutputPaths.for_output(out).rejects)
+    assert all(not r["final"] and r["critique"] for r in rejects)
+    expert.calls.clear()
+    second = build_dataset(synthetic[:40], expert, out, per_bin=40, judge=FlakyJudge([]), progress=False)
+    assert second.kept == 40 and second.errors["judge_error"] == 0
+    assert not expert.calls  # the recorded critiques were judged again, not rewritten
+    assert {r["critique"] for r in _lines(out)} == {r["critique"] for r in rejects}
+
+
 def test_resume_skips_finished_items_and_repairs_a_partial_line(synthetic, tmp_path):
     out = tmp_path / "resume.jsonl"
     expert = ScriptedExpert()

@@ -1,4 +1,4 @@
-"""``python -m aesr1.aescot``: build AesCoT cold-start data, or check text for score leakage.
+"""Build AesCoT cold-start data (generate, filter, balance), or check text for score leakage.
 
 Examples::
 
@@ -11,7 +11,7 @@ Examples::
         --out aescot3k.jsonl --per-bin 1000 --concurrency 16 --rpm 500
 
     python -m aesr1.aescot build --data scores.csv --expert chat --base-url http://localhost:8000/v1 \\
-        --model Qwen/Qwen2.5-VL-72B-Instruct --api-key-env NONE --out aescot.jsonl
+        --model Qwen/Qwen2.5-VL-72B-Instruct --api-key-env '' --out aescot.jsonl
 
     # a local transformers checkpoint
     python -m aesr1.aescot build --data synthetic --expert transformers --model-path ./ckpt --out x.jsonl

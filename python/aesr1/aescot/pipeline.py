@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from aesr1.aescot.chat_client import ChatFatalError
-from aesr1.aescot.experts import Expert
+from aesr1.aescot.experts import Critique, Expert
 from aesr1.aescot.filters import FilterVerdict, check_format, check_leakage, clean_critique
 from aesr1.aescot.judges import Judge, JudgeParseError
 from aesr1.aescot.report import BinReport, BuildReport
@@ -226,12 +226,17 @@ class _BinScheduler:
 
 
 class _Builder:
-    def __init__(self, items, expert, judge, paths: OutputPaths, config: BuildConfig) -> None:
-        self.items = items
+    """Runs one item through expert, filters and judge; counts this run's outcomes.
+
+    `cached_critiques` holds critiques of items whose earlier attempt failed only at the judge: the
+    retry reuses them instead of paying the expert again (they are filtered again all the same).
+    """
+
+    def __init__(self, expert, judge, config: BuildConfig, cached_critiques: dict[str, str]) -> None:
         self.expert = expert
         self.judge = judge
-        self.paths = paths
         self.config = config
+        self.cached_critiques = cached_critiques
         self.processed = 0
         self.consecutive_errors = 0
         self.last_error = ""
@@ -241,12 +246,16 @@ class _Builder:
         filters: dict[str, Any] = {}
         if not os.path.isfile(item.image):
             return self._drop(item, "missing_image", f"no file at {item.image}", None, filters)
-        try:
-            answer = await self.expert.critique(item)
-        except ChatFatalError:
-            raise
-        except Exception as error:  # any failure of one item is recorded and retried on the next run
-            return self._error(item, "expert_error", f"{type(error).__name__}: {error}", None, filters)
+        cached = self.cached_critiques.pop(record_id(item), None)
+        if cached is not None:
+            answer = Critique(cached, "stop")
+        else:
+            try:
+                answer = await self.expert.critique(item)
+            except ChatFatalError:
+                raise
+            except Exception as error:  # any failure of one item is recorded and retried on the next run
+                return self._error(item, "expert_error", f"{type(error).__name__}: {error}", None, filters)
         critique = clean_critique(answer.text, strip_think=self.config.strip_expert_think)
         checks: list[tuple[str, str, FilterVerdict]] = [
             (
@@ -409,7 +418,12 @@ async def _build_locked(items, expert, judge, paths: OutputPaths, config: BuildC
         random.Random(f"aescot/{config.seed}/{name}").shuffle(members)
         queues[name] = [it for it in members if record_id(it) not in finished]
     scheduler = _BinScheduler(queues, config.targets, kept, config.max_attempts)
-    builder = _Builder(items, expert, judge, paths, config)
+    cached = {
+        item_id: record["critique"]
+        for item_id, record in state.errors.items()
+        if record.get("reason") == "judge_error" and record.get("critique")
+    }
+    builder = _Builder(expert, judge, config, cached)
     expected = sum(min(config.targets[n], kept[n] + len(queues[n])) for n in BINS)
     started = time.monotonic()
 
