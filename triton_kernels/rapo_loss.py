@@ -15,6 +15,7 @@ input, builds the aggregation weights and is the public API.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -25,6 +26,8 @@ from ._launch import kernels_interpreted, tl, triton
 __all__ = [
     "KL_LOG_RATIO_CLAMP",
     "KL_VALUE_CLAMP",
+    "LAUNCH",
+    "KernelLaunch",
     "RapoHyperparams",
     "RapoLossFunction",
     "TokenTerms",
@@ -163,9 +166,49 @@ def dloss_dlogp(
     return grad
 
 
+@dataclass
+class KernelLaunch:
+    """Launch parameters of the token kernel on CUDA; `benches/bench_loss.py --sweep` measures others.
+
+    max_block_v: vocabulary tile per loop step (a power of two).
+    num_warps: warps per program.
+    programs_per_sm: persistent programs per SM. A row's logits must survive in L2 from the first
+        pass to the second; the rows in flight (programs x V x bytes) compete for it.
+    num_stages: software-pipelining depth of the vocabulary loops (None: Triton's default).
+    """
+
+    max_block_v: int = 4096
+    num_warps: int = 8
+    programs_per_sm: int = 1
+    num_stages: int | None = None
+
+
+LAUNCH = KernelLaunch()
+# Programs of the interpreter: fewer than rows, so that CPU tests walk the persistent loop too.
+_INTERPRETER_PROGRAMS = 3
+
+
 def pick_block_v(vocab_size: int) -> int:
-    """Vocabulary tile: 4096 bf16 logits (8 KiB) per step keeps enough loads in flight on an H100."""
-    return max(16, min(4096, 1 << (vocab_size - 1).bit_length()))
+    return max(16, min(LAUNCH.max_block_v, 1 << (vocab_size - 1).bit_length()))
+
+
+@functools.cache
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def _grid(n_rows: int, device: torch.device) -> tuple[int]:
+    if device.type == "cuda" and not kernels_interpreted(_RAPO_TOKEN_KERNEL):
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return (max(1, min(n_rows, _sm_count(index) * LAUNCH.programs_per_sm)),)
+    return (max(1, min(n_rows, _INTERPRETER_PROGRAMS)),)
+
+
+def _launch_options(block_v: int) -> dict:
+    options = {"num_warps": LAUNCH.num_warps if block_v >= 2048 else 4}
+    if LAUNCH.num_stages is not None:
+        options["num_stages"] = LAUNCH.num_stages
+    return options
 
 
 # --------------------------------------------------------------------------------------------------
@@ -230,6 +273,7 @@ def _rapo_token_kernel(
     weight_ptr,
     logp_ptr,
     entropy_ptr,
+    n_rows,
     T,
     V,
     inv_temp,
@@ -242,74 +286,95 @@ def _rapo_token_kernel(
     write_grad,
     BLOCK_V: tl.constexpr,
 ):
-    # One program per (sequence, position) row of the flattened batch: a 1-D grid has no 65,535 limit.
+    # A 1-D persistent grid (no 65,535 limit): each program walks rows pid, pid + nprog, ... of the
+    # flattened (B*T) batch. Few rows in flight keep a row's logits in L2 between the two passes.
     # The flags are runtime values (and not specialised) so that token_logprobs and the loss run the
     # same binary and produce bit-identical log-probs: on-policy ratios are exactly 1.
-    row = tl.program_id(0)
-    b = row // T
-    t = row - b * T
-    logits_row = logits_ptr + b.to(tl.int64) * stride_lb + t.to(tl.int64) * stride_lt
-    grad_row = grad_ptr + b.to(tl.int64) * stride_gb + t.to(tl.int64) * stride_gt
     cols = tl.arange(0, BLOCK_V)
-    valid = tl.load(valid_ptr + row)
-    if valid != 0:
-        tok = tl.load(ids_ptr + row)
-        # Online log-sum-exp and entropy. m starts at -inf and the vocabulary tail is padded with -inf
-        # (V is rarely a multiple of BLOCK_V, e.g. 151,936); the where()s keep -inf * 0 out of sums.
-        m = float("-inf")
-        s = 0.0  # sum exp(x - m)
-        w = 0.0  # sum exp(x - m) * (x - m), so that entropy = log s - w / s
-        for start in tl.range(0, V, BLOCK_V):
-            offs = start + cols
-            x = tl.load(logits_row + offs, mask=offs < V, other=float("-inf")).to(tl.float32) * inv_temp
-            m_new = tl.maximum(m, tl.max(x, axis=0))
-            m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
-            e = tl.exp(x - m_ref)
-            shifted = tl.where(e > 0.0, x - m_ref, 0.0)
-            alpha = tl.exp(m - m_ref)
-            w = alpha * (w + tl.where(s > 0.0, m - m_ref, 0.0) * s) + tl.sum(e * shifted, axis=0)
-            s = alpha * s + tl.sum(e, axis=0)
-            m = m_new
-        # Log-probs as (x - m) - log s, never through lse = m + log s: with logits near -1000 an fp32
-        # lse carries an absolute error of ~6e-5 that would reach every ratio.
-        log_s = tl.log(s)
-        x_tok = tl.load(logits_row + tok).to(tl.float32) * inv_temp
-        logp = (x_tok - m) - log_s
-        tl.store(logp_ptr + row, logp)
-        tl.store(entropy_ptr + row, log_s - w / s)
-        if write_grad != 0:
-            old = logp
-            if has_old != 0:
-                old = tl.load(old_ptr + row)
-            ratio = tl.exp(logp - old)
-            adv = tl.load(adv_ptr + b)
-            active = ((adv >= 0.0) & (ratio <= 1.0 + eps_high)) | ((adv < 0.0) & (ratio >= 1.0 - eps_low))
-            dlogp = tl.where(active, -adv * ratio, 0.0)
-            if has_kl != 0:
-                log_ratio = tl.load(ref_ptr + row) - logp
-                if kl_clamp != 0:
-                    clamped = tl.minimum(tl.maximum(log_ratio, -20.0), 20.0)
-                    exp_ratio = tl.exp(clamped)
-                    keep = (exp_ratio - clamped - 1.0 <= 10.0) & (log_ratio >= -20.0) & (log_ratio <= 20.0)
-                    dlogp += beta * tl.where(keep, 1.0 - exp_ratio, 0.0)
-                else:
-                    dlogp += beta * (1.0 - tl.exp(log_ratio))
-            scale = tl.load(weight_ptr + row) * dlogp * inv_temp
+    for row in tl.range(tl.program_id(0), n_rows, tl.num_programs(0)):
+        b = row // T
+        t = row - b * T
+        logits_row = logits_ptr + b.to(tl.int64) * stride_lb + t.to(tl.int64) * stride_lt
+        grad_row = grad_ptr + b.to(tl.int64) * stride_gb + t.to(tl.int64) * stride_gt
+        valid = tl.load(valid_ptr + row)
+        if valid != 0:
+            tok = tl.load(ids_ptr + row)
+            # Online log-sum-exp and entropy. m starts at -inf and the vocabulary tail is padded with
+            # -inf (V is rarely a multiple of BLOCK_V, e.g. 151,936); where()s keep -inf * 0 out of sums.
+            m = float("-inf")
+            s = 0.0  # sum exp(x - m)
+            w = 0.0  # sum exp(x - m) * (x - m), so that entropy = log s - w / s
             for start in tl.range(0, V, BLOCK_V):
                 offs = start + cols
-                x = tl.load(logits_row + offs, mask=offs < V, other=float("-inf")).to(tl.float32) * inv_temp
-                p = tl.exp((x - m) - log_s)
-                d = tl.where(offs == tok, 1.0 - p, -p) * scale
-                tl.store(grad_row + offs, d.to(grad_ptr.dtype.element_ty), mask=offs < V)
-    else:
-        # Padding: no reads, and a zero gradient row.
-        tl.store(logp_ptr + row, 0.0)
-        tl.store(entropy_ptr + row, 0.0)
-        if write_grad != 0:
-            zeros = tl.zeros([BLOCK_V], dtype=tl.float32).to(grad_ptr.dtype.element_ty)
-            for start in tl.range(0, V, BLOCK_V):
-                offs = start + cols
-                tl.store(grad_row + offs, zeros, mask=offs < V)
+                x = (
+                    tl.load(
+                        logits_row + offs, mask=offs < V, other=float("-inf"), eviction_policy="evict_last"
+                    ).to(tl.float32)
+                    * inv_temp
+                )
+                m_new = tl.maximum(m, tl.max(x, axis=0))
+                m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+                e = tl.exp(x - m_ref)
+                shifted = tl.where(e > 0.0, x - m_ref, 0.0)
+                alpha = tl.exp(m - m_ref)
+                w = alpha * (w + tl.where(s > 0.0, m - m_ref, 0.0) * s) + tl.sum(e * shifted, axis=0)
+                s = alpha * s + tl.sum(e, axis=0)
+                m = m_new
+            # Log-probs as (x - m) - log s, never through lse = m + log s: with logits near -1000 an
+            # fp32 lse carries an absolute error of ~6e-5 that would reach every ratio.
+            log_s = tl.log(s)
+            x_tok = tl.load(logits_row + tok).to(tl.float32) * inv_temp
+            logp = (x_tok - m) - log_s
+            tl.store(logp_ptr + row, logp)
+            tl.store(entropy_ptr + row, log_s - w / s)
+            if write_grad != 0:
+                old = logp
+                if has_old != 0:
+                    old = tl.load(old_ptr + row)
+                ratio = tl.exp(logp - old)
+                adv = tl.load(adv_ptr + b)
+                active = ((adv >= 0.0) & (ratio <= 1.0 + eps_high)) | ((adv < 0.0) & (ratio >= 1.0 - eps_low))
+                dlogp = tl.where(active, -adv * ratio, 0.0)
+                if has_kl != 0:
+                    log_ratio = tl.load(ref_ptr + row) - logp
+                    if kl_clamp != 0:
+                        clamped = tl.minimum(tl.maximum(log_ratio, -20.0), 20.0)
+                        exp_ratio = tl.exp(clamped)
+                        keep = (
+                            (exp_ratio - clamped - 1.0 <= 10.0) & (log_ratio >= -20.0) & (log_ratio <= 20.0)
+                        )
+                        dlogp += beta * tl.where(keep, 1.0 - exp_ratio, 0.0)
+                    else:
+                        dlogp += beta * (1.0 - tl.exp(log_ratio))
+                scale = tl.load(weight_ptr + row) * dlogp * inv_temp
+                for start in tl.range(0, V, BLOCK_V):
+                    offs = start + cols
+                    x = (
+                        tl.load(
+                            logits_row + offs,
+                            mask=offs < V,
+                            other=float("-inf"),
+                            eviction_policy="evict_first",
+                        ).to(tl.float32)
+                        * inv_temp
+                    )
+                    p = tl.exp((x - m) - log_s)
+                    d = tl.where(offs == tok, 1.0 - p, -p) * scale
+                    tl.store(
+                        grad_row + offs,
+                        d.to(grad_ptr.dtype.element_ty),
+                        mask=offs < V,
+                        eviction_policy="evict_first",
+                    )
+        else:
+            # Padding: no reads, and a zero gradient row.
+            tl.store(logp_ptr + row, 0.0)
+            tl.store(entropy_ptr + row, 0.0)
+            if write_grad != 0:
+                zeros = tl.zeros([BLOCK_V], dtype=tl.float32).to(grad_ptr.dtype.element_ty)
+                for start in tl.range(0, V, BLOCK_V):
+                    offs = start + cols
+                    tl.store(grad_row + offs, zeros, mask=offs < V, eviction_policy="evict_first")
 
 
 def _scale_rows_kernel(ptr, stride_b, stride_t, T, V, factor_ptr, BLOCK_V: tl.constexpr):
@@ -330,7 +395,7 @@ def _scale_rows_kernel(ptr, stride_b, stride_t, T, V, factor_ptr, BLOCK_V: tl.co
 if triton is not None:
     _RAPO_TOKEN_KERNEL = triton.jit(
         _rapo_token_kernel,
-        do_not_specialize=["T", "has_old", "has_kl", "kl_clamp", "write_grad"],
+        do_not_specialize=["n_rows", "T", "has_old", "has_kl", "kl_clamp", "write_grad"],
     )
     _SCALE_ROWS_KERNEL = triton.jit(_scale_rows_kernel)
 else:  # pragma: no cover
@@ -344,10 +409,6 @@ def triton_runs_on(device: torch.device) -> bool:
     return device.type == "cuda" or kernels_interpreted(_RAPO_TOKEN_KERNEL)
 
 
-def _num_warps(block_v: int) -> int:
-    return 8 if block_v >= 2048 else 4
-
-
 def _forward_triton(logits, ids, valid, old, ref, adv, weight, hp, write_grad, grad, block_v):
     batch, seq_len, vocab = logits.shape
     block_v = block_v or pick_block_v(vocab)
@@ -359,7 +420,7 @@ def _forward_triton(logits, ids, valid, old, ref, adv, weight, hp, write_grad, g
         grad = logits
         adv = placeholder if adv is None else adv
         weight = placeholder if weight is None else weight
-    _RAPO_TOKEN_KERNEL[(batch * seq_len,)](
+    _RAPO_TOKEN_KERNEL[_grid(batch * seq_len, logits.device)](
         logits,
         logits.stride(0),
         logits.stride(1),
@@ -374,6 +435,7 @@ def _forward_triton(logits, ids, valid, old, ref, adv, weight, hp, write_grad, g
         weight,
         logp,
         entropy,
+        batch * seq_len,
         seq_len,
         vocab,
         1.0 / hp.temperature,
@@ -385,7 +447,7 @@ def _forward_triton(logits, ids, valid, old, ref, adv, weight, hp, write_grad, g
         int(hp.kl_clamp),
         int(write_grad),
         BLOCK_V=block_v,
-        num_warps=_num_warps(block_v),
+        **_launch_options(block_v),
     )
     return logp, entropy
 
@@ -450,7 +512,7 @@ def scale_grad_(grad: torch.Tensor, factor: torch.Tensor, backend: str) -> torch
             width,
             factor.detach().reshape(()).to(torch.float32),
             BLOCK_V=block,
-            num_warps=_num_warps(block),
+            num_warps=4 if block < 2048 else 8,
         )
         return grad
     if grad.is_cuda or float(factor) != 1.0:
