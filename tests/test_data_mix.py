@@ -23,7 +23,7 @@ from aesr1.data import (
     paper_training_mix,
 )
 from aesr1.data.mix import quotas
-from aesr1.data.normalization import parse_score_range, vote_mean_std
+from aesr1.data.normalization import parse_score_range, vote_mean_std, vote_mean_std_rows
 from aesr1.data.splits import seeded_test_ids
 
 
@@ -173,6 +173,13 @@ def test_vote_mean_std_matches_numpy(counts):
     ref_mean = np.average(levels, weights=counts)
     ref_std = math.sqrt(np.average((levels - ref_mean) ** 2, weights=counts))
     assert mean == pytest.approx(ref_mean, abs=1e-12) and std == pytest.approx(ref_std, abs=1e-12)
+    rows_mean, rows_std = vote_mean_std_rows([counts, counts[::-1]], range(1, 11))
+    assert rows_mean[0] == pytest.approx(ref_mean, abs=1e-12) and rows_std[0] == pytest.approx(
+        ref_std, abs=1e-12
+    )
+    assert rows_mean[1] == pytest.approx(11 - ref_mean, abs=1e-12) and rows_std[1] == pytest.approx(
+        ref_std, abs=1e-12
+    )
 
 
 # ------------------------------------------------------------------------------ seeded split properties

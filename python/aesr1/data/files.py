@@ -48,30 +48,45 @@ class ImageResolver:
     """Maps an image name from an annotation file to a path under one of several candidate folders.
 
     Distributed datasets put images in different folders (``images/``, ``40K/``, ``1024x768/`` ...) and
-    users move them; the resolver tries the given folders in order and remembers the last one that
-    worked, so resolving is one `stat` per image in the common case. A name found nowhere resolves to
-    its path under the first folder, which the image check then reports as missing.
+    users move them; the resolver tries the given folders in order, starting with the last one that
+    worked. Each folder is listed once (a set lookup per image instead of `stat` calls: AVA has 255K
+    images). A name found nowhere resolves to its path under the first folder, which the image check
+    then reports as missing.
     """
 
     def __init__(self, root: Path, folders: Iterable[str], image_dir: str | os.PathLike | None = None):
         if image_dir is not None:
             base = Path(image_dir).expanduser()
-            self.folders = [base if base.is_absolute() else root / base]
+            self.folders = [str(base if base.is_absolute() else root / base)]
         else:
-            self.folders = [root / folder if folder else root for folder in folders]
+            self.folders = [str(root / folder) if folder else str(root) for folder in folders]
+        self._listings: dict[int, frozenset[str]] = {}
         self._last = 0
 
-    def __call__(self, name: str) -> Path:
+    def _listing(self, index: int) -> frozenset[str]:
+        if index not in self._listings:
+            try:
+                self._listings[index] = frozenset(os.listdir(self.folders[index]))
+            except OSError:
+                self._listings[index] = frozenset()
+        return self._listings[index]
+
+    def __call__(self, name: str) -> str:
         name = name.strip()
         if os.path.isabs(name):
-            return Path(name)
+            return name
+        nested = "/" in name or os.sep in name
         order = [self._last, *(i for i in range(len(self.folders)) if i != self._last)]
         for index in order:
-            path = self.folders[index] / name
-            if path.exists():
+            found = (
+                os.path.exists(os.path.join(self.folders[index], name))
+                if nested
+                else name in self._listing(index)
+            )
+            if found:
                 self._last = index
-                return path
-        return self.folders[0] / name
+                return os.path.join(self.folders[index], name)
+        return os.path.join(self.folders[0], name)
 
 
 def _check_one(path: str, mode: str) -> str | None:

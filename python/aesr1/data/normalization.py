@@ -89,3 +89,19 @@ def vote_mean_std(counts: Sequence[float], levels: Sequence[float]) -> tuple[flo
     mean = sum(level * count for level, count in zip(levels, counts, strict=True)) / total
     variance = sum(count * (level - mean) ** 2 for level, count in zip(levels, counts, strict=True)) / total
     return mean, math.sqrt(max(variance, 0.0))
+
+
+def vote_mean_std_rows(counts, levels: Sequence[float]):
+    """`vote_mean_std` of every row of an (N, L) vote-count array at once (float64 arrays (N,), (N,));
+    rows without votes give NaN."""
+    import numpy as np
+
+    counts = np.asarray(counts, dtype=np.float64)
+    levels = np.asarray(levels, dtype=np.float64)
+    if counts.ndim != 2 or counts.shape[1] != levels.size:
+        raise ValueError(f"counts must have shape (N, {levels.size}), got {counts.shape}")
+    total = counts.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = counts @ levels / total
+        variance = (counts * (levels[None, :] - mean[:, None]) ** 2).sum(axis=1) / total
+    return mean, np.sqrt(np.maximum(variance, 0.0))

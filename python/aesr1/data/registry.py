@@ -185,7 +185,7 @@ def _synthetic(root: Any, options: dict[str, Any], seed: int) -> list[Annotation
     kwargs = {key: int(options[key]) for key in ("n", "image_size") if key in options}
     root = Path(root).expanduser() if root is not None else default_synthetic_root()
     items = make_synthetic_dataset(root, seed=seed, **kwargs)
-    return [Annotation(i.id, Path(i.image), i.score, i.std, None, dict(i.attributes)) for i in items]
+    return [Annotation(i.id, str(i.image), i.score, i.std, None, dict(i.attributes)) for i in items]
 
 
 def load_dataset(

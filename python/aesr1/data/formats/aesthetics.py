@@ -18,6 +18,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from aesr1.data.files import DatasetFileNotFoundError, ImageResolver, find_file
 from aesr1.data.formats.base import (
     Annotation,
@@ -28,7 +30,7 @@ from aesr1.data.formats.base import (
     read_csv_rows,
     require_columns,
 )
-from aesr1.data.normalization import ScoreRange, vote_mean_std
+from aesr1.data.normalization import ScoreRange, vote_mean_std_rows
 
 AVA_RANGE = ScoreRange(1.0, 10.0)
 TAD66K_RANGE = ScoreRange(1.0, 10.0)
@@ -65,9 +67,7 @@ def read_ava(root: Path, split: str, options: dict[str, Any]) -> ReadResult:
     resolve = ImageResolver(
         root, ["images", "image", "AVA_dataset/images", "AVA_images", ""], options.get("image_dir")
     )
-    annotations: list[Annotation] = []
-    invalid: list[tuple[str, str]] = []
-    levels = range(1, 11)
+    rows: list[tuple[int, list[str]]] = []
     with open(ava_txt, encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             fields = line.split()
@@ -78,28 +78,32 @@ def read_ava(root: Path, split: str, options: dict[str, Any]) -> ReadResult:
                     f"ava: {_where(ava_txt, number)} has {len(fields)} fields, expected {_AVA_FIELDS} "
                     "(index, image id, 10 vote counts, 2 tag ids, challenge id)"
                 )
-            image_id = fields[1]
-            try:
-                counts = [int(value) for value in fields[2:12]]
-            except ValueError as error:
-                raise ValueError(f"ava: vote counts at {_where(ava_txt, number)} are not integers") from error
-            row_split = "test" if image_id in test_ids else "train"
-            if split not in ("all", row_split):
-                continue
-            if sum(counts) <= 0:
-                invalid.append((_where(ava_txt, number), "no votes"))
-                continue
-            mos, std = vote_mean_std(counts, levels)
-            annotations.append(
-                Annotation(
-                    id=image_id,
-                    image=resolve(f"{image_id}.jpg"),
-                    score=AVA_RANGE.normalize(mos, f"at {_where(ava_txt, number)}"),
-                    std=AVA_RANGE.normalize_std(std),
-                    split=row_split,
-                    attributes={"votes": counts, "tags": [fields[12], fields[13]], "challenge": fields[14]},
-                )
+            if split == "all" or ("test" if fields[1] in test_ids else "train") == split:
+                rows.append((number, fields))
+    try:
+        counts = np.array([[int(v) for v in fields[2:12]] for _, fields in rows], dtype=np.int64).reshape(
+            -1, 10
+        )
+    except ValueError as error:
+        raise ValueError(f"ava: vote counts in {ava_txt} are not all integers: {error}") from error
+    # Vectorised over the 255K rows (a Python loop per row costs seconds); same formula as vote_mean_std.
+    mos, std = vote_mean_std_rows(counts, range(1, 11))
+    annotations: list[Annotation] = []
+    invalid: list[tuple[str, str]] = []
+    for (number, fields), votes, mean, spread in zip(rows, counts.tolist(), mos, std, strict=True):
+        if sum(votes) <= 0:
+            invalid.append((_where(ava_txt, number), "no votes"))
+            continue
+        annotations.append(
+            Annotation(
+                id=fields[1],
+                image=resolve(f"{fields[1]}.jpg"),
+                score=AVA_RANGE.normalize(float(mean), f"at {_where(ava_txt, number)}"),
+                std=AVA_RANGE.normalize_std(float(spread)),
+                split="test" if fields[1] in test_ids else "train",
+                attributes={"votes": votes, "tags": [fields[12], fields[13]], "challenge": fields[14]},
             )
+        )
     return ReadResult(annotations, invalid)
 
 

@@ -20,7 +20,7 @@ class Annotation:
     """
 
     id: str
-    image: Path
+    image: str
     score: float
     std: float | None = None
     split: str | None = None
