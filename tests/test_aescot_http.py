@@ -585,6 +585,8 @@ def test_kill_midway_then_rerun_has_no_duplicates_and_no_losses(server, tmp_path
         "--timeout",
         "5",
         "--no-progress",
+        "--extra-body",
+        '{"top_k": 20}',
     ]
     env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -614,3 +616,5 @@ def test_kill_midway_then_rerun_has_no_duplicates_and_no_losses(server, tmp_path
     assert set(reference_rejects.values()) == {"leakage", "inconsistent", "factual_error"}
     report = json.loads(OutputPaths.for_output(out).report.read_text())
     assert report["kept"] == 15 and report["complete"]
+    cli_bodies = [r["body"] for r in server.requests if r["body"].get("top_k") == 20]
+    assert len(cli_bodies) >= 30 and all(b["model"] == "fake-vlm" for b in cli_bodies)  # expert + judge

@@ -51,6 +51,16 @@ def _score_range(text: str) -> tuple[float, float]:
     return lo, hi
 
 
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}: {error}") from error
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m aesr1.aescot", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -142,6 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument(
         "--max-image-side", type=int, default=None, help="downscale larger images before sending"
     )
+    chat.add_argument(
+        "--extra-body",
+        type=_json_object,
+        default={},
+        help="JSON object merged into every request, e.g. '{\"top_k\": 20}' or "
+        '\'{"chat_template_kwargs": {"enable_thinking": false}}\' for vLLM',
+    )
 
     local = build.add_argument_group("local model (--expert transformers / --judge transformers)")
     local.add_argument("--model-path", default=None, help="local vision-language checkpoint directory")
@@ -186,6 +203,7 @@ def _endpoint(args, *, model: str | None = None, base_url: str | None = None) ->
         max_concurrency=args.concurrency,
         image_detail=args.image_detail,
         max_image_side=args.max_image_side,
+        extra_body=args.extra_body,
     )
 
 
