@@ -269,6 +269,21 @@ def test_config_validation():
         run_evaluation(EvalConfig(), datasets={"x": []})
 
 
+def test_cli_errors_name_what_to_fix(tmp_path, capsys, trees):
+    from aesr1.eval.__main__ import main
+
+    assert main(["--model", str(tmp_path), "--root", str(tmp_path), "--datasets", "aadb"]) == 2
+    assert "config.json" in capsys.readouterr().err
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    assert main(["--model", str(tmp_path / "model"), "--root", str(tmp_path), "--datasets", "ava"]) == 2
+    assert "AVA" in capsys.readouterr().err
+    assert main(["--model", str(tmp_path / "model"), "--data", "ava:/x", "--root", str(tmp_path)]) == 2
+    assert "either --data or --datasets/--root" in capsys.readouterr().err
+    assert main(["--compare", str(tmp_path / "missing.json")]) == 2
+    assert "missing.json" in capsys.readouterr().err
+
+
 # -------------------------------------------------------------------------- CLI on the tiny model
 
 

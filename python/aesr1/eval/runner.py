@@ -181,6 +181,11 @@ def run_evaluation(
     """
     if not isinstance(config, EvalConfig):
         raise TypeError(f"config must be an EvalConfig, got {type(config).__name__}")
+    if predictor is None:
+        if not config.model:
+            raise ValueError("model: give a model directory (or inject a predictor)")
+        if not (Path(config.model) / "config.json").is_file():  # fail before the datasets' image checks
+            raise FileNotFoundError(f"model: {config.model!r} is not a model directory (no config.json)")
     loaded = dict(datasets) if datasets is not None else load_eval_datasets(config)
     if not loaded:
         raise ValueError("datasets: nothing to evaluate")
@@ -190,8 +195,6 @@ def run_evaluation(
             for label, items in loaded.items()
         }
     if predictor is None:
-        if not config.model:
-            raise ValueError("model: give a model directory (or inject a predictor)")
         predictor = ModelPredictor.from_pretrained(
             config.model,
             device=config.device,
