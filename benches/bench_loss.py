@@ -303,6 +303,9 @@ def main(argv=None) -> list[Row]:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--skip", nargs="*", default=[], help="substrings of method names to skip")
     parser.add_argument("--json", type=Path, help="write the rows and the environment here")
+    parser.add_argument(
+        "--sweep", action="store_true", help="also time the in-place kernel under other KernelLaunch settings"
+    )
     args = parser.parse_args(argv)
     if args.smoke:
         args.batch, args.seq_len, args.vocab, args.hidden = 2, 8, 1031, 64
@@ -357,8 +360,48 @@ def main(argv=None) -> list[Row]:
     gemms = by_name.get("3 GEMMs alone (floor)")
     if fused and gemms:
         print(f"ours fused-linear / 3 GEMMs: {fused.ms / gemms.ms:.2f} (goal <= 1.10)")
+    if args.sweep:
+        rows += sweep_launch(x, device, args.warmup, args.iters)
     if args.json:
         args.json.write_text(json.dumps({"env": env, "rows": [asdict(r) for r in rows]}, indent=2))
+    return rows
+
+
+def sweep_launch(x, device, warmup, iters) -> list[Row]:
+    """Time `rapo_loss(inplace=True)` under a grid of launch settings (GPU tuning aid)."""
+    from aesr1.triton_kernels import rapo_loss as kernels
+
+    default = kernels.LAUNCH
+    configs = [
+        kernels.KernelLaunch(max_block_v=block, num_warps=warps, programs_per_sm=programs, num_stages=stages)
+        for block in (2048, 4096, 8192)
+        for warps in (4, 8, 16)
+        for programs in (1, 2, 4, 64)
+        for stages in (None, 2)
+    ]
+    ids, old, ref, adv, mask = x["ids"], x["old"], x["ref"], x["adv"], x["mask"]
+
+    def run(s):
+        loss = rapo_loss(s["logits"], ids, old, ref, adv, mask, beta=BETA, inplace=True)[0]
+        loss.backward()
+        return loss.detach()
+
+    rows = []
+    try:
+        for config in tqdm(configs, desc="launch sweep", file=sys.stderr):
+            kernels.LAUNCH = config
+            try:
+                ms, peak, loss = measure(
+                    lambda: {"logits": x["logits"].clone().requires_grad_()}, run, device, warmup, iters
+                )
+                rows.append(Row("sweep", repr(config), ms, None if peak is None else peak / 1e9, loss))
+            except Exception as error:
+                rows.append(Row("sweep", repr(config), None, None, None, f"failed: {error}"[:120]))
+    finally:
+        kernels.LAUNCH = default
+    print("\nlaunch sweep, fastest first:")
+    for row in sorted((r for r in rows if r.ms is not None), key=lambda r: r.ms)[:12]:
+        print(f"  {row.ms:8.3f} ms  {row.method}")
     return rows
 
 

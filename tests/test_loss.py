@@ -542,3 +542,24 @@ def test_non_tensor_input_is_a_type_error():
         rapo_loss(
             batch["logits"], batch["ids"].tolist(), batch["old"], batch["ref"], batch["adv"], batch["mask"]
         )
+
+
+def test_traceable_by_torch_compile():
+    """The autograd.Function (PyTorch path here) compiles and gives the eager loss and gradient."""
+    batch = make_batch(2, 4, 37, seed=0)
+    args = (batch["ids"], batch["old"], batch["ref"], batch["adv"], batch["mask"])
+
+    def loss_of(logits):
+        loss, metrics = rapo_loss(logits, *args)
+        return loss, metrics["entropy"]
+
+    compiled = torch.compile(loss_of, backend="aot_eager")
+    logits_c = batch["logits"].clone().requires_grad_()
+    loss_c, entropy_c = compiled(logits_c)
+    loss_c.backward()
+    logits_e = batch["logits"].clone().requires_grad_()
+    loss_e, entropy_e = loss_of(logits_e)
+    loss_e.backward()
+    torch.testing.assert_close(loss_c, loss_e)
+    torch.testing.assert_close(entropy_c, entropy_e)
+    torch.testing.assert_close(logits_c.grad, logits_e.grad)

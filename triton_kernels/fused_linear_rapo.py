@@ -28,11 +28,21 @@ def default_chunk_sequences(seq_len: int, vocab_size: int, element_size: int) ->
     return max(1, _CHUNK_BYTES // max(1, seq_len * vocab_size * element_size))
 
 
+_mixed_addmm_works = True  # cuBLAS bf16 x bf16 -> fp32 addmm (torch's addmm.dtype_out), until it fails
+
+
 def _accumulate_weight_grad(acc: torch.Tensor, grad_logits: torch.Tensor, hidden: torch.Tensor) -> None:
     """acc += grad_logits^T @ hidden, accumulating in fp32 inside the GEMM."""
+    global _mixed_addmm_works
     if acc.dtype == grad_logits.dtype:
         acc.addmm_(grad_logits.t(), hidden)
         return
+    if acc.is_cuda and _mixed_addmm_works:
+        try:
+            torch.addmm(acc, grad_logits.t(), hidden, out_dtype=acc.dtype, out=acc)
+            return
+        except (RuntimeError, TypeError):
+            _mixed_addmm_works = False
     # fp32 accumulator, low-precision operands: bounded-size temporaries, one vocabulary slice at a time.
     for v0 in range(0, acc.shape[0], _DW_SLICE_ROWS):
         v1 = min(acc.shape[0], v0 + _DW_SLICE_ROWS)

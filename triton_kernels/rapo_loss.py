@@ -515,7 +515,7 @@ def scale_grad_(grad: torch.Tensor, factor: torch.Tensor, backend: str) -> torch
             num_warps=4 if block < 2048 else 8,
         )
         return grad
-    if grad.is_cuda or float(factor) != 1.0:
+    if grad.is_cuda or torch.compiler.is_compiling() or float(factor) != 1.0:
         grad.mul_(factor.to(grad.dtype))
     return grad
 
