@@ -136,3 +136,17 @@ def test_sampling_config_validation():
         SamplingConfig(num_samples=0)
     with pytest.raises(ValueError, match="temperature"):
         SamplingConfig(temperature=0.0)
+
+
+def test_per_image_prompts(tiny, images):
+    model, processor = tiny
+    prompts = ["short <image>", "a much longer prompt with more words <image> after", "<image>"]
+    batch = build_inputs(processor, images, prompts)
+    text = processor.tokenizer.batch_decode(batch["input_ids"], skip_special_tokens=True)
+    assert "longer prompt" in text[1] and "longer prompt" not in text[0]
+    out = generate_completions(
+        model, processor, images, prompt=prompts, max_new_tokens=4, batch_size=2, seed=0
+    )
+    assert len(out) == 3 and all(len(row) == 1 for row in out)
+    with pytest.raises(ValueError, match="prompt"):
+        generate_completions(model, processor, images, prompt=prompts[:2], max_new_tokens=2)

@@ -81,14 +81,21 @@ def generate_rollouts(
     images: Sequence[Any],
     sampling: SamplingConfig | None = None,
     *,
-    prompt: str = SCORING_PROMPT,
+    prompt: str | Sequence[str] = SCORING_PROMPT,
     seed: int | None = None,
 ) -> Rollout:
-    """Sample `sampling.num_samples` completions per image in one `generate` call."""
+    """Sample `sampling.num_samples` completions per image in one `generate` call.
+
+    `prompt` is one prompt for all images or one per image.
+    """
     import torch
 
     sampling = sampling or SamplingConfig()
     repeated = [image for image in images for _ in range(sampling.num_samples)]
+    if not isinstance(prompt, str):
+        if len(prompt) != len(images):
+            raise ValueError(f"prompt has {len(prompt)} entries but images has {len(images)}")
+        prompt = [row for row in prompt for _ in range(sampling.num_samples)]
     prompt_batch = build_inputs(processor, repeated, prompt)
     device = next(model.parameters()).device
     prompt_batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in prompt_batch.items()}
@@ -123,7 +130,7 @@ def generate_completions(
     processor,
     images: Sequence[Any],
     *,
-    prompt: str = SCORING_PROMPT,
+    prompt: str | Sequence[str] = SCORING_PROMPT,
     num_samples: int = 1,
     temperature: float = 1.0,
     top_p: float = 1.0,
@@ -136,11 +143,13 @@ def generate_completions(
 ) -> list[list[str]]:
     """Decoded completions: for each image, a list of `num_samples` strings.
 
-    Images are processed `batch_size` at a time; with `seed`, batch b uses seed `seed + b` so results
+    `prompt` is one prompt for all images or one per image. Images are processed `batch_size` at a time; with `seed`, batch b uses seed `seed + b` so results
     do not depend on what ran before.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not isinstance(prompt, str) and len(prompt) != len(images):
+        raise ValueError(f"prompt has {len(prompt)} entries but images has {len(images)}")
     sampling = SamplingConfig(num_samples, temperature, top_p, top_k, max_new_tokens, do_sample)
     starts = range(0, len(images), batch_size)
     if progress:
@@ -150,8 +159,14 @@ def generate_completions(
     results: list[list[str]] = []
     for number, start in enumerate(starts):
         chunk = images[start : start + batch_size]
+        chunk_prompt = prompt if isinstance(prompt, str) else prompt[start : start + batch_size]
         rollout = generate_rollouts(
-            model, processor, chunk, sampling, prompt=prompt, seed=None if seed is None else seed + number
+            model,
+            processor,
+            chunk,
+            sampling,
+            prompt=chunk_prompt,
+            seed=None if seed is None else seed + number,
         )
         for index in range(len(chunk)):
             results.append(rollout.texts[index * num_samples : (index + 1) * num_samples])

@@ -51,14 +51,15 @@ def load_images(images: Sequence[Any]) -> list[Any]:
 def build_inputs(
     processor,
     images: Sequence[Any],
-    prompt: str = SCORING_PROMPT,
+    prompt: str | Sequence[str] = SCORING_PROMPT,
     completions: Sequence[str] | None = None,
     *,
     max_completion_length: int | None = None,
 ) -> dict[str, Any]:
     """Tensors for a batch of scoring requests, one image per row.
 
-    Without `completions`: the left-padded prompt batch (`input_ids`, `attention_mask`, `pixel_values`,
+    `prompt` is one prompt for every row or a sequence of one prompt per row (AesCoT construction
+    puts each image's hidden score into its prompt). Without `completions`: the left-padded prompt batch (`input_ids`, `attention_mask`, `pixel_values`,
     `image_grid_thw`, ...) ready for `generate`. With `completions` (one string per row, the assistant
     turn without its end token): prompt and completion concatenated, plus `completion_ids`,
     `completion_mask` (1 on completion tokens including the closing `<|im_end|>`), `prompt_length` P
@@ -70,12 +71,15 @@ def build_inputs(
         raise ValueError("images must not be empty")
     if completions is not None and len(completions) != len(images):
         raise ValueError(f"completions has {len(completions)} rows but images has {len(images)}")
+    if isinstance(prompt, str):
+        texts = [prompt_text(processor, prompt)] * len(images)
+    else:
+        if len(prompt) != len(images):
+            raise ValueError(f"prompt has {len(prompt)} rows but images has {len(images)}")
+        texts = [prompt_text(processor, row) for row in prompt]
     tokenizer = processor.tokenizer
     tokenizer.padding_side = "left"
-    text = prompt_text(processor, prompt)
-    batch = processor(
-        text=[text] * len(images), images=load_images(images), return_tensors="pt", padding=True
-    )
+    batch = processor(text=texts, images=load_images(images), return_tensors="pt", padding=True)
     batch = dict(batch)
     if completions is None:
         return batch
