@@ -4,10 +4,11 @@ gradient w.r.t. the logits, in one kernel, beside its fp32 PyTorch reference.
 Why the gradient is computed in the forward: the loss of token t depends on its logits only through
 logp_t, so d loss / d logits_t = g_t * (onehot(id_t) - softmax_t) / temperature with a scalar
 g_t = d loss / d logp_t that is known as soon as logp_t is. One online pass over the vocabulary gives
-log-sum-exp and entropy, a second pass (served mostly from L2) writes d logits, optionally in place
-over the logits; the backward only multiplies by the incoming scalar gradient, and skips even that
-on the GPU when it is 1. That is ~4 bytes of HBM traffic per bf16 logit, against ~6 for kernels that
-recompute the softmax in the backward.
+log-sum-exp and entropy, a second pass writes d logits, optionally in place over the logits; the
+backward only multiplies by the incoming scalar gradient, and skips even that on the GPU when it is 1.
+When the second pass finds the row still in L2 (the persistent grid keeps few rows in flight for
+that) the HBM traffic is ~4 bytes per bf16 logit; otherwise 6, like kernels that read the logits in
+the forward and again in the backward.
 
 Everything here works on normalised inputs (see `rapo_token_forward`); `aesr1.loss` validates user
 input, builds the aggregation weights and is the public API.
