@@ -1,0 +1,176 @@
+"""The rollout backend switch: our engine (default), plain `generate`, or vLLM.
+
+`make_rollout_fn(RolloutConfig(...))` returns a function with the signature and result of
+`aesr1.generation.generate_rollouts` (plus `batch["sampling_logprobs"]`):
+
+    rollout_fn(model, processor, images, sampling, *, prompt=..., seed=None) -> Rollout
+
+- "engine": `aesr1.rollout.generate_rollouts(engine="auto")`: the static-cache decode engine with
+  CUDA graphs on CUDA, plain `generate` on CPU or when the engine cannot reproduce `generate`;
+- "generate": always transformers `generate` (what trl uses by default);
+- "vllm": trl's `VLLMGeneration` (colocated in this process, or a `trl vllm-serve` server), which
+  syncs the policy weights into vLLM before each call. vLLM is imported only here, and a clear error
+  says how to install it when it is missing. Not exercised by the test suite (vLLM needs a GPU).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from aesr1.generation import Rollout, SamplingConfig, completion_mask_until_eos
+from aesr1.modeling.chat import load_images
+from aesr1.prompts import SCORING_PROMPT
+from aesr1.rollout.api import _prompt_batch, _rollout, generate_rollouts
+from aesr1.rollout.engine import EngineOptions
+
+ROLLOUT_BACKENDS = ("engine", "generate", "vllm")
+VLLM_MODES = ("colocate", "server")
+
+RolloutFn = Callable[..., Rollout]
+
+
+@dataclass
+class RolloutConfig:
+    """Which implementation samples the rollouts, and its settings.
+
+    Attributes:
+        rollout_backend: "engine" (default; the engine on CUDA, `generate` on CPU), "generate" or
+            "vllm" (see the module docstring).
+        engine: options of the decode engine (CUDA graphs, KV block, check interval, buckets).
+        vllm_mode: "colocate" (vLLM shares this process and GPU) or "server" (a running
+            `trl vllm-serve`, reached at `vllm_server_base_url`).
+        vllm_gpu_memory_utilization: GPU memory fraction vLLM may take in colocate mode.
+        vllm_server_base_url: server URL in server mode, e.g. "http://localhost:8000".
+        vllm_kwargs: further keyword arguments of trl's `VLLMGeneration` (e.g. `max_model_length`,
+            `enable_sleep_mode`, `tensor_parallel_size`).
+    """
+
+    rollout_backend: str = "engine"
+    engine: EngineOptions = field(default_factory=EngineOptions)
+    vllm_mode: str = "colocate"
+    vllm_gpu_memory_utilization: float = 0.3
+    vllm_server_base_url: str | None = None
+    vllm_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.rollout_backend not in ROLLOUT_BACKENDS:
+            raise ValueError(
+                f"rollout_backend must be one of {ROLLOUT_BACKENDS}, got {self.rollout_backend!r}"
+            )
+        if self.vllm_mode not in VLLM_MODES:
+            raise ValueError(f"vllm_mode must be one of {VLLM_MODES}, got {self.vllm_mode!r}")
+        if not 0 < self.vllm_gpu_memory_utilization <= 1:
+            raise ValueError(
+                f"vllm_gpu_memory_utilization must lie in (0, 1], got {self.vllm_gpu_memory_utilization}"
+            )
+
+
+def require_vllm() -> None:
+    """Raise an ImportError that says how to get vLLM when it is not installed."""
+    if importlib.util.find_spec("vllm") is None:
+        raise ImportError(
+            "rollout_backend='vllm' needs vLLM, which is not installed: `pip install 'trl[vllm]'` "
+            "(a vLLM version your trl supports), or use rollout_backend='engine' (the default)"
+        )
+
+
+def make_rollout_fn(
+    config: RolloutConfig | None = None,
+    *,
+    model=None,
+    processor=None,
+    accelerator=None,
+    sampling: SamplingConfig | None = None,
+) -> RolloutFn:
+    """The rollout function of `config.rollout_backend`. vLLM needs `model`, `processor`,
+    `accelerator` and the `sampling` settings at construction (it starts its own engine)."""
+    config = config or RolloutConfig()
+    if config.rollout_backend == "engine":
+        return functools.partial(generate_rollouts, engine="auto", options=config.engine)
+    if config.rollout_backend == "generate":
+        return functools.partial(generate_rollouts, engine="generate")
+    require_vllm()
+    missing = [name for name, value in (("model", model), ("processor", processor),
+                                        ("accelerator", accelerator), ("sampling", sampling)) if value is None]  # fmt: skip
+    if missing:
+        raise ValueError(f"rollout_backend='vllm' needs {', '.join(missing)} to start vLLM")
+    return VLLMRollouts(config, model, processor, accelerator, sampling)
+
+
+class VLLMRollouts:
+    """Rollouts from vLLM through trl's `VLLMGeneration` (weights synced before every call).
+
+    Sampling log-probs are vLLM's "processed_logprobs" (trl's setting: after temperature and
+    filters), the same definition as the engine's. vLLM seeds its samplers once at start-up, so
+    `seed` is not honoured per call (a resumed run does not resample the same completions).
+    """
+
+    def __init__(self, config: RolloutConfig, model, processor, accelerator, sampling: SamplingConfig):
+        require_vllm()
+        from trl.generation.vllm_generation import VLLMGeneration
+
+        self.processor = processor
+        eos_id = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+        kwargs = dict(config.vllm_kwargs)
+        generation_kwargs = {"stop_token_ids": [eos_id], **kwargs.pop("generation_kwargs", {})}
+        self.generation = VLLMGeneration(
+            model, accelerator, processor, mode=config.vllm_mode,
+            server_base_url=config.vllm_server_base_url,
+            gpu_memory_utilization=config.vllm_gpu_memory_utilization,
+            temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
+            max_completion_length=sampling.max_new_tokens, logprobs=0,
+            generation_kwargs=generation_kwargs, **kwargs,
+        )  # fmt: skip
+
+    def __call__(
+        self,
+        model,
+        processor,
+        images: Sequence[Any],
+        sampling: SamplingConfig | None = None,
+        *,
+        prompt: str | Sequence[str] = SCORING_PROMPT,
+        seed: int | None = None,
+    ) -> Rollout:
+        sampling = sampling or SamplingConfig()
+        if not sampling.do_sample:
+            raise ValueError("the vLLM backend samples; use rollout_backend='engine' for greedy decoding")
+        generation = self.generation
+        generation.temperature, generation.top_p, generation.top_k = (
+            sampling.temperature,
+            sampling.top_p,
+            sampling.top_k,
+        )
+        generation.max_completion_length = sampling.max_new_tokens
+        generation.sync_weights()
+        prompt_batch = _prompt_batch(model, processor, images, sampling, prompt)
+        ids, mask = prompt_batch["input_ids"].cpu(), prompt_batch["attention_mask"].cpu()
+        prompts = [row[keep.bool()].tolist() for row, keep in zip(ids, mask, strict=True)]
+        opened = load_images([image for image in images for _ in range(sampling.num_samples)])
+        _, completions, logprobs, _ = generation.generate(
+            prompts, [[image] for image in opened], sampling.num_samples
+        )
+        tokenizer = processor.tokenizer
+        width = max([1, *(len(c) for c in completions)])
+        device = prompt_batch["input_ids"].device
+        completion_ids = torch.full((len(completions), width), tokenizer.pad_token_id, dtype=torch.long)
+        sampled = torch.zeros((len(completions), width), dtype=torch.float32)
+        for row, tokens in enumerate(completions):
+            completion_ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+            if logprobs is not None:
+                values = [step[0] if step and step[0] is not None else 0.0 for step in logprobs[row]]
+                sampled[row, : len(values)] = torch.tensor(values, dtype=torch.float32)
+        eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        completion_mask = completion_mask_until_eos(completion_ids, eos_id)
+        lengths = torch.tensor([len(c) for c in completions]).unsqueeze(1)
+        completion_mask = completion_mask * (torch.arange(width).unsqueeze(0) < lengths).long()
+        completion_ids = completion_ids.masked_fill(completion_mask == 0, tokenizer.pad_token_id)
+        sampled = sampled.masked_fill(completion_mask == 0, 0.0)
+        return _rollout(processor, prompt_batch, completion_ids.to(device), completion_mask.to(device),
+                        sampled.to(device), sampling.num_samples)  # fmt: skip
