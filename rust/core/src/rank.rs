@@ -1,0 +1,381 @@
+//! Relative rank reward (paper Eq. 3–5), the FRank fidelity between predicted and true order.
+//!
+//! For completion k of image i with parsed score o_ik:
+//!
+//! ```text
+//! p_ikj    = Φ((o_ik − μ_j) / sqrt(σ_i² + σ_j² + γ))                   (Eq. 3)
+//! p_c(i,j) = 1 if s_i >= s_j else 0     (ties = Half: 1/2 when s_i == s_j)   (Eq. 5)
+//! r_rank   = mean over j in J_i of sqrt(p_c p_ikj) + sqrt((1 − p_c)(1 − p_ikj))   (Eq. 4)
+//! ```
+//!
+//! μ_j and σ_j² are the mean and unbiased variance of image j's parseable predictions (variance 0
+//! with fewer than two), J_i the other images with at least one parseable prediction. An empty J_i
+//! gives 0; unparseable predictions (NaN) get 0 and are left out of μ and σ².
+//!
+//! With p_c ∈ {0, 1} a term is sqrt(Φ(±z)), so each pair costs one Φ and one square root; 1 − p is
+//! evaluated as Φ(−z), which keeps the small tail exact instead of rounding it to zero.
+//!
+//! Cost is O(N²K). Images are processed in parallel, but each completion's sum over partners runs
+//! on one thread in a fixed order, so results are bit-identical for any number of threads.
+
+use rayon::prelude::*;
+
+use crate::groups::Groups;
+use crate::normal::{ndtr_pair, phi};
+use crate::simd::{Lanes8, Portable8};
+
+/// How Eq. 5 treats two images with equal ground truth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Ties {
+    /// p_c = 1 when s_i == s_j, as Eq. 5 is written.
+    #[default]
+    Strict,
+    /// p_c = 1/2 when s_i == s_j.
+    Half,
+}
+
+/// Count, mean and unbiased variance of one image's parseable predictions.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GroupStats {
+    pub count: usize,
+    pub mean: f64,
+    /// Unbiased (ddof = 1) variance; 0 when count < 2.
+    pub var: f64,
+}
+
+/// Statistics of each group's non-NaN values; `grouped` is in grouped order.
+pub fn group_stats(grouped: &[f64], groups: &Groups) -> Vec<GroupStats> {
+    (0..groups.num_groups())
+        .map(|g| {
+            let values = &grouped[groups.span(g)];
+            let (count, sum) = values
+                .iter()
+                .filter(|v| !v.is_nan())
+                .fold((0usize, 0.0), |(c, s), &v| (c + 1, s + v));
+            if count == 0 {
+                return GroupStats {
+                    count,
+                    mean: f64::NAN,
+                    var: 0.0,
+                };
+            }
+            let mean = sum / count as f64;
+            let var = if count >= 2 {
+                let ss: f64 = values
+                    .iter()
+                    .filter(|v| !v.is_nan())
+                    .map(|&v| (v - mean) * (v - mean))
+                    .sum();
+                ss / (count - 1) as f64
+            } else {
+                0.0
+            };
+            GroupStats { count, mean, var }
+        })
+        .collect()
+}
+
+/// Partner images (those with a parseable prediction), sorted by mean and padded to whole
+/// vectors of eight. Sorting makes the arguments of consecutive Φ evaluations similar, so vectors
+/// mostly fall in one of Φ's ranges and take its shortcut (see `normal::phi`); the order depends
+/// on the data alone.
+struct Partners {
+    /// Number of partners (the buffers below hold `n` rounded up to a multiple of 8).
+    n: usize,
+    /// Position of each image in the sorted order (`usize::MAX` when it is not a partner).
+    position: Vec<usize>,
+    mean: Vec<f64>,
+    var: Vec<f64>,
+    gt: Vec<f64>,
+}
+
+impl Partners {
+    fn new(stats: &[GroupStats], gt: &[f64]) -> Self {
+        let mut image: Vec<usize> = (0..stats.len()).filter(|&g| stats[g].count > 0).collect();
+        image.sort_by(|&a, &b| stats[a].mean.total_cmp(&stats[b].mean).then(a.cmp(&b)));
+        let n = image.len();
+        let mut position = vec![usize::MAX; stats.len()];
+        for (p, &g) in image.iter().enumerate() {
+            position[g] = p;
+        }
+        // Padding partners have mean +inf and ground truth -inf: their argument is -inf, and
+        // sqrt(Φ(-inf)) adds an exact zero.
+        let padded = |f: &dyn Fn(usize) -> f64, pad: f64| {
+            let mut v: Vec<f64> = image.iter().map(|&g| f(g)).collect();
+            v.resize(n.div_ceil(8) * 8, pad);
+            v
+        };
+        Self {
+            n,
+            mean: padded(&|g| stats[g].mean, f64::INFINITY),
+            var: padded(&|g| stats[g].var, 0.0),
+            gt: padded(&|g| gt[g], f64::NEG_INFINITY),
+            position,
+        }
+    }
+}
+
+/// Rank reward of every completion, in grouped order. `gt` holds one ground truth per group.
+pub(crate) fn rank_reward_grouped(
+    grouped: &[f64],
+    gt: &[f64],
+    groups: &Groups,
+    gamma: f64,
+    ties: Ties,
+) -> Vec<f64> {
+    let stats = group_stats(grouped, groups);
+    let partners = Partners::new(&stats, gt);
+    let mut out = vec![0.0; grouped.len()];
+    // Disjoint output slices, one per group, so rows can be written in parallel.
+    let mut rows: Vec<(usize, &mut [f64])> = Vec::with_capacity(groups.num_groups());
+    let mut rest = out.as_mut_slice();
+    for g in 0..groups.num_groups() {
+        let (head, tail) = rest.split_at_mut(groups.span(g).len());
+        rows.push((g, head));
+        rest = tail;
+    }
+    let run = |(g, row): (usize, &mut [f64])| {
+        let p = partners.position[g];
+        if p != usize::MAX {
+            let values = &grouped[groups.span(g)];
+            rank_row(p, values, stats[g].var, gt[g], &partners, gamma, ties, row);
+        }
+    };
+    // Waking the pool costs more than tiny batches take.
+    if grouped.len() * partners.n < 4096 {
+        rows.into_iter().for_each(run);
+    } else {
+        rows.into_par_iter().for_each(run);
+    }
+    out
+}
+
+/// Rank rewards of one image's completions; `me` is the image's position among the partners.
+#[allow(clippy::too_many_arguments)]
+fn rank_row(
+    me: usize,
+    values: &[f64],
+    var_i: f64,
+    gt_i: f64,
+    partners: &Partners,
+    gamma: f64,
+    ties: Ties,
+    out: &mut [f64],
+) {
+    let half = ties == Ties::Half;
+    let tied: Vec<usize> = if half {
+        (0..partners.n)
+            .filter(|&p| p != me && partners.gt[p] == gt_i)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let count = partners.n - 1;
+    if count == 0 {
+        return;
+    }
+    let row = Row {
+        me,
+        gt_i,
+        var_i,
+        gamma,
+        half,
+        partners,
+    };
+    row.partner_sums(values, out);
+    for (&v, o) in values.iter().zip(out.iter_mut()) {
+        if v.is_nan() {
+            continue;
+        }
+        for &p in &tied {
+            let (p_ij, q_ij) = ndtr_pair(
+                (v - partners.mean[p]) * (1.0 / (var_i + partners.var[p] + gamma).sqrt()),
+            );
+            *o += (0.5 * p_ij).sqrt() + (0.5 * q_ij).sqrt();
+        }
+        *o /= count as f64;
+    }
+}
+
+/// One image's comparison against its partners.
+struct Row<'a> {
+    /// The image's own position among the partners (left out of the sums).
+    me: usize,
+    gt_i: f64,
+    var_i: f64,
+    gamma: f64,
+    /// `Ties::Half`: partners with the same ground truth are left out here and added separately.
+    half: bool,
+    partners: &'a Partners,
+}
+
+impl Row<'_> {
+    /// For each parseable `values[k]`, `out[k] = Σ_j sqrt(Φ(±z_kj))` over the partners with
+    /// p_c ∈ {0, 1}, eight at a time with the widest instruction set the CPU has. Every path
+    /// does the same IEEE operations in the same order per lane and accumulates eight lanes the
+    /// same way, so all return identical bits.
+    fn partner_sums(&self, values: &[f64], out: &mut [f64]) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU supports AVX-512F, checked above.
+                return unsafe { self.partner_sums_avx512(values, out) };
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                // SAFETY: the CPU supports AVX2 and FMA, checked above.
+                return unsafe { self.partner_sums_avx2(values, out) };
+            }
+        }
+        self.partner_sums_lanes::<Portable8>(values, out)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    fn partner_sums_avx512(&self, values: &[f64], out: &mut [f64]) {
+        self.partner_sums_lanes::<crate::simd::Avx512>(values, out)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn partner_sums_avx2(&self, values: &[f64], out: &mut [f64]) {
+        self.partner_sums_lanes::<crate::simd::Avx2x2>(values, out)
+    }
+
+    #[inline(always)]
+    fn partner_sums_lanes<L: Lanes8>(&self, values: &[f64], out: &mut [f64]) {
+        if self.half {
+            self.partner_sums_impl::<L, true>(values, out)
+        } else {
+            self.partner_sums_impl::<L, false>(values, out)
+        }
+    }
+
+    /// With `HALF`, a per-partner weight of 0 leaves out equal ground truths (added separately
+    /// by the caller); without it the only partner to leave out is the image itself, masked in
+    /// its one vector, and padding contributes exact zeros (see `Partners::new`).
+    #[inline(always)]
+    fn partner_sums_impl<L: Lanes8, const HALF: bool>(&self, values: &[f64], out: &mut [f64]) {
+        let p = self.partners;
+        let chunks = p.mean.len() / 8;
+        // Per partner: scale = ±1/sqrt(σ_i² + σ_j² + γ), whose sign folds p_c into the argument:
+        // Φ(z) when p_c = 1 (s_i >= s_j), Φ(−z) = 1 − Φ(z) when p_c = 0.
+        let mut scale = vec![0.0; chunks * 8];
+        let (var_i, gamma, gt_i) = (
+            L::splat(self.var_i),
+            L::splat(self.gamma),
+            L::splat(self.gt_i),
+        );
+        for c in 0..chunks {
+            // SAFETY: the partner buffers hold `chunks * 8` doubles.
+            let (var_j, gt_j) = unsafe {
+                (
+                    L::load(p.var.as_ptr().add(8 * c)),
+                    L::load(p.gt.as_ptr().add(8 * c)),
+                )
+            };
+            let inv = L::splat(1.0).div(var_i.add(var_j).add(gamma).sqrt());
+            let signed = L::select(gt_i.ge(gt_j), inv, inv.mul(L::splat(-1.0)));
+            scale[8 * c..8 * c + 8].copy_from_slice(&signed.to_array());
+        }
+        let weight: Vec<f64> = if HALF {
+            (0..chunks * 8)
+                .map(|j| {
+                    if j == self.me || p.gt[j] == self.gt_i {
+                        0.0
+                    } else {
+                        1.0
+                    }
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let lanes = [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0];
+        // SAFETY: `lanes` holds 8 doubles.
+        let me_lane = unsafe { L::load(lanes.as_ptr()) }.eq(L::splat((self.me % 8) as f64));
+        let me_chunk = self.me / 8;
+        for (&o, sum) in values.iter().zip(out.iter_mut()) {
+            if o.is_nan() {
+                continue;
+            }
+            let ov = L::splat(o);
+            let mut acc = L::splat(0.0);
+            for c in 0..chunks {
+                // SAFETY: chunk c < chunks lies inside the padded buffers.
+                let (m, s) = unsafe {
+                    (
+                        L::load(p.mean.as_ptr().add(8 * c)),
+                        L::load(scale.as_ptr().add(8 * c)),
+                    )
+                };
+                let term = sqrt_phi_term(ov, m, s);
+                let term = if HALF {
+                    // SAFETY: as above.
+                    term.mul(unsafe { L::load(weight.as_ptr().add(8 * c)) })
+                } else if c == me_chunk {
+                    L::select(me_lane, L::splat(0.0), term)
+                } else {
+                    term
+                };
+                acc = acc.add(term);
+            }
+            let acc = acc.to_array();
+            *sum =
+                ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+        }
+    }
+}
+
+/// sqrt(Φ((o − m) · s)) per lane. A function, not a closure: closures cannot be forced inline,
+/// and an out-of-line body would lose the caller's target features.
+#[inline(always)]
+fn sqrt_phi_term<L: Lanes8>(o: L, m: L, s: L) -> L {
+    phi(o.sub(m).mul(s)).sqrt()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_isa_paths_agree_bitwise() {
+        let n = 37;
+        let stats: Vec<GroupStats> = (0..n)
+            .map(|j| GroupStats {
+                count: 3,
+                mean: (j as f64 * 0.37).sin() * 0.5 + 0.5,
+                var: if j % 3 == 0 { 0.0 } else { 1e-4 * j as f64 },
+            })
+            .collect();
+        let gt: Vec<f64> = (0..n)
+            .map(|j| ((j as f64 * 0.91).cos() * 5.0).round() / 10.0 + 0.5)
+            .collect();
+        let partners = Partners::new(&stats, &gt);
+        let values = [0.0, 0.13, f64::NAN, 0.5, 0.77, 1.0, 40.0, -3.0];
+        for half in [false, true] {
+            let row = Row {
+                me: 5,
+                gt_i: gt[5],
+                var_i: 0.003,
+                gamma: 1e-6,
+                half,
+                partners: &partners,
+            };
+            let mut portable = [0.0; 8];
+            row.partner_sums_lanes::<Portable8>(&values, &mut portable);
+            let mut dispatched = [0.0; 8];
+            row.partner_sums(&values, &mut dispatched);
+            assert_eq!(portable.map(f64::to_bits), dispatched.map(f64::to_bits));
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                let mut avx2 = [0.0; 8];
+                unsafe { row.partner_sums_avx2(&values, &mut avx2) };
+                assert_eq!(portable.map(f64::to_bits), avx2.map(f64::to_bits));
+            }
+        }
+    }
+}

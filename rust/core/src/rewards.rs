@@ -1,0 +1,374 @@
+//! RAPO rewards (paper §3.3) and group advantages.
+//!
+//! * rank reward, Eq. 3–5: [`crate::rank`]
+//! * absolute error reward, Eq. 6: `exp(−½(|o − s|/σ)²) + ε`
+//! * binary reward, Eq. 13 (Table 2's ablation): `1 if |o − s| < threshold else 0`
+//! * format reward: 1 when the completion is `<think>…</think><answer>…</answer>` ([`crate::parse`])
+//! * total, Eq. 7 generalised: a weighted sum of the components (RAPO: rank 1, abs 1)
+//! * advantage, Eq. 9: `(r − mean(R_i)) / (std(R_i) + 1e-4)` within each image's group
+//!
+//! An unparseable completion (prediction NaN) gets 0 from every score-based component and is left
+//! out of the rank reward's means and variances.
+
+use crate::error::{Error, Result};
+use crate::groups::Groups;
+use crate::rank::{rank_reward_grouped, Ties};
+
+/// Added to the group standard deviation in Eq. 9 so constant groups do not divide by zero.
+pub const ADVANTAGE_EPS: f64 = 1e-4;
+
+/// Weights of the reward components in the total reward (Eq. 7 is rank = abs = 1, others 0).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Weights {
+    pub rank: f64,
+    pub abs: f64,
+    pub binary: f64,
+    pub format: f64,
+}
+
+impl Default for Weights {
+    fn default() -> Self {
+        Self {
+            rank: 1.0,
+            abs: 1.0,
+            binary: 0.0,
+            format: 0.0,
+        }
+    }
+}
+
+/// Hyperparameters of the RAPO reward.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RewardConfig {
+    /// Component weights of the total reward.
+    pub weights: Weights,
+    /// σ of the absolute error reward, Eq. 6 (paper: 0.1).
+    pub sigma: f64,
+    /// ε added to the absolute error reward, Eq. 6.
+    pub eps: f64,
+    /// γ under the square root of Eq. 3.
+    pub gamma: f64,
+    /// Tolerance of the binary reward, Eq. 13.
+    pub threshold: f64,
+    /// Treatment of equal ground truths in Eq. 5.
+    pub ties: Ties,
+}
+
+impl Default for RewardConfig {
+    fn default() -> Self {
+        Self {
+            weights: Weights::default(),
+            sigma: 0.1,
+            eps: 1e-5,
+            gamma: 1e-6,
+            threshold: 0.1,
+            ties: Ties::Strict,
+        }
+    }
+}
+
+impl RewardConfig {
+    /// Checks every parameter; called by the reward functions before any work.
+    pub fn validate(&self) -> Result<()> {
+        let positive = |arg, value: f64| {
+            if value.is_finite() && value > 0.0 {
+                Ok(())
+            } else {
+                Err(Error::Parameter {
+                    arg,
+                    value,
+                    requirement: "must be a finite number > 0",
+                })
+            }
+        };
+        let non_negative = |arg, value: f64| {
+            if value.is_finite() && value >= 0.0 {
+                Ok(())
+            } else {
+                Err(Error::Parameter {
+                    arg,
+                    value,
+                    requirement: "must be a finite number >= 0",
+                })
+            }
+        };
+        positive("sigma", self.sigma)?;
+        non_negative("eps", self.eps)?;
+        positive("gamma", self.gamma)?;
+        non_negative("threshold", self.threshold)?;
+        let w = &self.weights;
+        for (arg, value) in [
+            ("weights.rank", w.rank),
+            ("weights.abs", w.abs),
+            ("weights.binary", w.binary),
+            ("weights.format", w.format),
+        ] {
+            if !value.is_finite() {
+                return Err(Error::Parameter {
+                    arg,
+                    value,
+                    requirement: "must be finite",
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Per-completion outputs of [`rapo`], in input order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RapoOutput {
+    pub total: Vec<f64>,
+    pub rank: Vec<f64>,
+    pub abs: Vec<f64>,
+    pub binary: Vec<f64>,
+    pub format: Vec<f64>,
+    pub advantages: Vec<f64>,
+    /// Completions whose score could not be parsed (NaN predictions).
+    pub num_unparseable: usize,
+}
+
+/// Predictions may be NaN (unparseable) but not infinite.
+pub(crate) fn check_predictions(pred: &[f64]) -> Result<()> {
+    match pred.iter().position(|v| v.is_infinite()) {
+        Some(index) => Err(Error::NonFinite {
+            arg: "pred",
+            index,
+            value: pred[index],
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Ground truths are finite scores in [0, 1] (the paper normalises every dataset's MOS to [0, 1]).
+pub(crate) fn check_ground_truth(gt: &[f64]) -> Result<()> {
+    if gt.is_empty() {
+        return Err(Error::Empty { arg: "gt" });
+    }
+    for (index, &value) in gt.iter().enumerate() {
+        if !value.is_finite() {
+            return Err(Error::NonFinite {
+                arg: "gt",
+                index,
+                value,
+            });
+        }
+        if !(0.0..=1.0).contains(&value) {
+            return Err(Error::OutOfRange {
+                arg: "gt",
+                index,
+                value,
+                range: "[0, 1]",
+            });
+        }
+    }
+    Ok(())
+}
+
+fn check_groups_gt(groups: &Groups, gt: &[f64]) -> Result<()> {
+    if gt.len() != groups.num_groups() {
+        return Err(Error::Length {
+            arg: "gt",
+            got: gt.len(),
+            expected: groups.num_groups(),
+            why: "one ground truth per image",
+        });
+    }
+    Ok(())
+}
+
+/// Absolute error reward, Eq. 6, element-wise: `exp(−½(|o − s|/σ)²) + ε`; NaN predictions get 0.
+pub fn abs_reward(pred: &[f64], gt: &[f64], sigma: f64, eps: f64) -> Result<Vec<f64>> {
+    RewardConfig {
+        sigma,
+        eps,
+        ..Default::default()
+    }
+    .validate()?;
+    check_pair(pred, gt)?;
+    Ok(pred
+        .iter()
+        .zip(gt)
+        .map(|(&o, &s)| abs_one(o, s, sigma, eps))
+        .collect())
+}
+
+/// Binary reward, Eq. 13, element-wise: 1 when |o − s| < threshold, else 0 (NaN gets 0).
+pub fn binary_reward(pred: &[f64], gt: &[f64], threshold: f64) -> Result<Vec<f64>> {
+    RewardConfig {
+        threshold,
+        ..Default::default()
+    }
+    .validate()?;
+    check_pair(pred, gt)?;
+    Ok(pred
+        .iter()
+        .zip(gt)
+        .map(|(&o, &s)| binary_one(o, s, threshold))
+        .collect())
+}
+
+fn check_pair(pred: &[f64], gt: &[f64]) -> Result<()> {
+    if pred.is_empty() {
+        return Err(Error::Empty { arg: "pred" });
+    }
+    if gt.len() != pred.len() {
+        return Err(Error::Length {
+            arg: "gt",
+            got: gt.len(),
+            expected: pred.len(),
+            why: "one ground truth per prediction",
+        });
+    }
+    check_predictions(pred)?;
+    check_ground_truth(gt)
+}
+
+#[inline]
+fn abs_one(o: f64, s: f64, sigma: f64, eps: f64) -> f64 {
+    if o.is_nan() {
+        return 0.0;
+    }
+    let u = (o - s).abs() / sigma;
+    (-0.5 * (u * u)).exp() + eps
+}
+
+#[inline]
+fn binary_one(o: f64, s: f64, threshold: f64) -> f64 {
+    if !o.is_nan() && (o - s).abs() < threshold {
+        1.0
+    } else {
+        0.0
+    }
+}
+
+/// Rank reward, Eq. 3–5, of every completion (input order). `gt` has one value per group.
+pub fn rank_reward(
+    pred: &[f64],
+    gt: &[f64],
+    groups: &Groups,
+    gamma: f64,
+    ties: Ties,
+) -> Result<Vec<f64>> {
+    RewardConfig {
+        gamma,
+        ..Default::default()
+    }
+    .validate()?;
+    groups.check_len("pred", pred.len())?;
+    check_groups_gt(groups, gt)?;
+    check_predictions(pred)?;
+    check_ground_truth(gt)?;
+    let grouped = groups.gather(pred);
+    Ok(groups.scatter(rank_reward_grouped(&grouped, gt, groups, gamma, ties)))
+}
+
+/// Group-relative advantages, Eq. 9: `(r − mean(R_i)) / (std(R_i) + 1e-4)` with the unbiased
+/// standard deviation over each group's rewards; 0 for groups of one.
+pub fn group_advantages(rewards: &[f64], groups: &Groups) -> Result<Vec<f64>> {
+    groups.check_len("rewards", rewards.len())?;
+    if let Some(index) = rewards.iter().position(|v| !v.is_finite()) {
+        return Err(Error::NonFinite {
+            arg: "rewards",
+            index,
+            value: rewards[index],
+        });
+    }
+    let mut out = vec![0.0; rewards.len()];
+    for g in 0..groups.num_groups() {
+        let members = groups.members(g);
+        let k = members.len();
+        if k < 2 {
+            continue;
+        }
+        // Mean as first + mean offset: exact for equal rewards, so a constant group gets
+        // advantages of exactly 0 rather than ±1 ulp / 1e-4.
+        let first = rewards[members[0]];
+        let offset: f64 = members.iter().map(|&m| rewards[m] - first).sum::<f64>() / k as f64;
+        let mean = first + offset;
+        let ss: f64 = members
+            .iter()
+            .map(|&m| (rewards[m] - mean) * (rewards[m] - mean))
+            .sum();
+        let denom = (ss / (k - 1) as f64).sqrt() + ADVANTAGE_EPS;
+        for &m in members {
+            out[m] = (rewards[m] - mean) / denom;
+        }
+    }
+    Ok(out)
+}
+
+/// The full RAPO reward of one batch.
+///
+/// * `pred`: one parsed score per completion (NaN when unparseable), input order.
+/// * `gt`: one ground truth in [0, 1] per group.
+/// * `format`: the format reward per completion, required when `weights.format != 0`.
+pub fn rapo(
+    pred: &[f64],
+    gt: &[f64],
+    groups: &Groups,
+    config: &RewardConfig,
+    format: Option<&[f64]>,
+) -> Result<RapoOutput> {
+    config.validate()?;
+    groups.check_len("pred", pred.len())?;
+    check_groups_gt(groups, gt)?;
+    check_predictions(pred)?;
+    check_ground_truth(gt)?;
+    if let Some(f) = format {
+        groups.check_len("format", f.len())?;
+    } else if config.weights.format != 0.0 {
+        return Err(Error::Parameter {
+            arg: "weights.format",
+            value: config.weights.format,
+            requirement: "needs completions (the format reward is computed from the text)",
+        });
+    }
+
+    let grouped = groups.gather(pred);
+    let rank = if config.weights.rank != 0.0 {
+        groups.scatter(rank_reward_grouped(
+            &grouped,
+            gt,
+            groups,
+            config.gamma,
+            config.ties,
+        ))
+    } else {
+        // Not requested: skip the O(N²K) work but still report the component as zeros.
+        vec![0.0; pred.len()]
+    };
+    let mut gt_item = vec![0.0; pred.len()];
+    for (g, &s) in gt.iter().enumerate() {
+        for &m in groups.members(g) {
+            gt_item[m] = s;
+        }
+    }
+    let abs: Vec<f64> = pred
+        .iter()
+        .zip(&gt_item)
+        .map(|(&o, &s)| abs_one(o, s, config.sigma, config.eps))
+        .collect();
+    let binary: Vec<f64> = pred
+        .iter()
+        .zip(&gt_item)
+        .map(|(&o, &s)| binary_one(o, s, config.threshold))
+        .collect();
+    let format = format.map_or_else(|| vec![0.0; pred.len()], <[f64]>::to_vec);
+    let w = config.weights;
+    let total: Vec<f64> = (0..pred.len())
+        .map(|m| {
+            ((w.rank * rank[m] + w.abs * abs[m]) + w.binary * binary[m]) + w.format * format[m]
+        })
+        .collect();
+    let advantages = group_advantages(&total, groups)?;
+    Ok(RapoOutput {
+        total,
+        rank,
+        abs,
+        binary,
+        format,
+        advantages,
+        num_unparseable: pred.iter().filter(|v| v.is_nan()).count(),
+    })
+}
