@@ -42,7 +42,8 @@ def reference(texts, gt, groups, weights=None, **options):
     result = rewards.rapo(
         {
             "completions": [[texts[i] for i in idx] for idx in per_image],
-            "gt": np.array([gt[idx[0]] for idx in per_image], dtype=np.float64),
+            # one ground truth per completion: rapo rejects per-image gt for groups of unequal sizes
+            "gt": np.array([gt[idx[0]] for idx in per_image for _ in idx], dtype=np.float64),
         },
         weights=weights or {"rank": 1.0, "abs": 1.0},
         **options,
@@ -242,6 +243,10 @@ def test_bad_configuration_and_batches_raise_naming_the_argument():
         rapo_trl.RapoReward(num_generations=2)(None, texts, gt=["a", 0.2, 0.3, 0.3])
     with pytest.raises(ValueError, match="weights"):
         rapo_trl.RapoReward(weights={"rnak": 1.0})
+    with pytest.raises(ValueError, match="rapo_options: rapo has no option"):
+        rapo_trl.RapoReward(rapo_options={"tie": "half"})
+    with pytest.raises(ValueError, match="rapo_options must not set"):
+        rapo_trl.RapoReward(rapo_options={"num_generations": 2})
     with pytest.raises(TypeError, match="unknown RapoRewardConfig"):
         rapo_trl.RapoReward(num_generation=2)
 

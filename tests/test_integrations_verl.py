@@ -85,7 +85,8 @@ def reference(texts, gt, groups, weights=None, **options):
     result = rewards.rapo(
         {
             "completions": [[texts[i] for i in idx] for idx in per_image],
-            "gt": np.array([gt[idx[0]] for idx in per_image], dtype=np.float64),
+            # one ground truth per completion: rapo rejects per-image gt for groups of unequal sizes
+            "gt": np.array([gt[idx[0]] for idx in per_image for _ in idx], dtype=np.float64),
         },
         weights=weights or {"rank": 1.0, "abs": 1.0},
         **options,
@@ -233,6 +234,10 @@ def test_bad_batches_raise_naming_the_field(tokenizer):
         manager(bad_gt)
     with pytest.raises(ValueError, match="weights"):
         rapo_verl.RapoRewardManager(tokenizer, weights={"rank": 0.0})
+    with pytest.raises(ValueError, match="reward_kwargs: rapo has no option"):
+        rapo_verl.RapoRewardManager(tokenizer, sigmaa=0.2)
+    with pytest.raises(ValueError, match="must not set"):
+        rapo_verl.RapoRewardManager(tokenizer, group_ids=[0])
     with pytest.raises(TypeError, match="tokenizer"):
         rapo_verl.RapoRewardManager(None)
 

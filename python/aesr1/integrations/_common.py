@@ -82,6 +82,33 @@ def check_weights(weights: Mapping[str, float] | None, *, argument: str = "weigh
     return checked
 
 
+#: `rapo` arguments the adapters set themselves.
+_RESERVED_OPTIONS = ("weights", "group_ids", "num_generations")
+
+
+def check_rapo_options(options: Mapping[str, Any], *, argument: str) -> dict[str, Any]:
+    """`options` as keyword arguments for `aesr1.rewards.rapo`, checked against its signature now
+    rather than at the first training step."""
+    import inspect
+
+    from aesr1 import rewards
+
+    if not isinstance(options, Mapping):
+        raise TypeError(
+            f"{argument} must be a mapping of rapo keyword arguments, got {type(options).__name__}"
+        )
+    reserved = sorted(set(options) & set(_RESERVED_OPTIONS))
+    if reserved:
+        raise ValueError(
+            f"{argument} must not set {reserved}: the adapter sets them (use its weights and grouping)"
+        )
+    accepted = set(inspect.signature(rewards.rapo).parameters) - {"batch", *_RESERVED_OPTIONS}
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise ValueError(f"{argument}: rapo has no option(s) {unknown}; accepted: {sorted(accepted)}")
+    return dict(options)
+
+
 def ground_truth_floats(values: Sequence[Any], *, argument: str) -> np.ndarray:
     """Ground-truth scores as float64; strings such as "0.62" (verl datasets store them so) are parsed."""
     out = np.empty(len(values), dtype=np.float64)
@@ -147,7 +174,7 @@ def score_batch(
     from aesr1 import rewards
 
     result = rewards.rapo(
-        {"completions": list(texts), "gt": gt, "groups": groups}, weights=dict(weights), **dict(options)
+        {"completions": list(texts), "gt": gt}, weights=dict(weights), group_ids=groups, **dict(options)
     )
     components = {name: np.asarray(getattr(result, name), dtype=np.float64) for name in COMPONENTS}
     return ScoredBatch(

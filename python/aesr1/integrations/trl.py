@@ -31,6 +31,7 @@ from aesr1.integrations._common import (
     COMPONENTS,
     ScoredBatch,
     check_constant_ground_truth,
+    check_rapo_options,
     check_weights,
     completion_text,
     ground_truth_floats,
@@ -126,12 +127,9 @@ class RapoReward:
             raise ValueError(
                 f"num_generations must be a positive int or None, got {config.num_generations!r}"
             )
-        if not isinstance(config.rapo_options, Mapping):
-            raise TypeError(f"rapo_options must be a mapping, got {type(config.rapo_options).__name__}")
-        if "weights" in config.rapo_options:
-            raise ValueError("rapo_options must not hold 'weights': set RapoRewardConfig.weights instead")
         self.config = config
         self.weights = check_weights(config.weights)
+        self.rapo_options = check_rapo_options(config.rapo_options, argument="rapo_options")
         # trl names reward functions (and their logged metrics) after `__name__`.
         self.__name__ = "rapo"
         # Identity of the `completions` list trl passed last, and the scores computed for it. trl hands
@@ -212,7 +210,7 @@ class RapoReward:
             hint = "check num_generations"
         check_constant_ground_truth(all_gt, groups, hint=hint)
 
-        scored = score_batch(all_texts, all_gt, groups, self.weights, config.rapo_options)
+        scored = score_batch(all_texts, all_gt, groups, self.weights, self.rapo_options)
         if config.log_predictions:
             self._log(scored, local, kwargs)
         return scored, local

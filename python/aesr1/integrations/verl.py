@@ -32,6 +32,7 @@ import numpy as np
 from aesr1.integrations._common import (
     COMPONENTS,
     check_constant_ground_truth,
+    check_rapo_options,
     check_weights,
     ground_truth_floats,
     group_codes,
@@ -93,14 +94,12 @@ class RapoRewardManager:
             raise TypeError("tokenizer must be a tokenizer with batch_decode (the rollout model's)")
         if isinstance(num_examine, bool) or not isinstance(num_examine, int) or num_examine < 0:
             raise ValueError(f"num_examine must be a non-negative int, got {num_examine!r}")
-        if "groups" in rapo_options:
-            raise ValueError("rapo_options must not hold 'groups': they come from the group_key field")
         self.tokenizer = tokenizer
         self.num_examine = num_examine
         self.reward_fn_key = reward_fn_key
         self.weights = check_weights(weights)
         self.group_key = group_key
-        self.rapo_options = dict(rapo_options)
+        self.rapo_options = check_rapo_options(rapo_options, argument="reward_kwargs")
 
     def decode_responses(self, data: Any) -> list[str]:
         """Each response's text: its valid (unpadded) tokens, decoded without special tokens."""
@@ -143,7 +142,7 @@ class RapoRewardManager:
         lengths = data.batch["attention_mask"][:, prompt_len:].sum(dim=-1).long()
         reward_tensor = torch.zeros_like(responses, dtype=torch.float32)
         last = (lengths - 1).clamp(min=0)
-        reward_tensor[torch.arange(n, device=responses.device), last] = torch.as_tensor(
+        reward_tensor[torch.arange(n, device=responses.device), last] = torch.tensor(
             scored.total, dtype=torch.float32, device=responses.device
         )
         self._examine(data, texts, gt, scored.total)
@@ -192,8 +191,7 @@ def compute_score(
             "with the other images' prediction means and variances, Eq. 3-5) and a per-sample "
             "compute_score sees one; use RapoRewardManager (reward_model.reward_manager=rapo)"
         )
-    if "groups" in rapo_options:
-        raise ValueError("rapo_options must not hold 'groups': compute_score scores one completion")
+    rapo_options = check_rapo_options(rapo_options, argument="compute_score keyword arguments")
     gt = ground_truth_floats([ground_truth], argument="ground_truth")
     scored = score_batch([solution_str], gt, np.zeros(1, dtype=np.int64), weights, rapo_options)
     out = {"score": float(scored.total[0])}
