@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("trl")
 import torch  # noqa: E402
@@ -249,6 +251,41 @@ def test_bad_configuration_and_batches_raise_naming_the_argument():
         rapo_trl.RapoReward(rapo_options={"num_generations": 2})
     with pytest.raises(TypeError, match="unknown RapoRewardConfig"):
         rapo_trl.RapoReward(num_generation=2)
+
+
+_completion = st.one_of(
+    st.floats(0, 1).map(lambda v: answer(f"{v:.2f}")),
+    st.sampled_from(["", "garbled", answer("1.5"), "<answer>0.3</answer>"]),
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    k=st.integers(1, 4),
+    images=st.lists(
+        st.tuples(st.floats(0, 1).map(lambda v: round(v, 2)), st.lists(_completion, min_size=4, max_size=4)),
+        min_size=1,
+        max_size=6,
+    ),
+    cuts=st.lists(st.integers(0, 24), max_size=3),
+    by_column=st.booleans(),
+)
+def test_property_every_process_gets_its_slice_of_rapo_on_the_whole_batch(k, images, cuts, by_column):
+    """However trl splits the generation batch over processes, each gets its slice of the global RAPO."""
+    texts = [t for _, completions in images for t in completions[:k]]
+    gt = [g for g, _ in images for _ in range(k)]
+    ids = [f"img{i}" for i in range(len(images)) for _ in range(k)]
+    bounds = [0, *sorted(min(c, len(texts)) for c in cuts), len(texts)]
+    parts = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    ref = reference(texts, gt, ids)["total"]
+    for rank, part in enumerate(parts):
+        gathered = [(texts[p], gt[p], ids[p] if by_column else None) for p in parts]
+        config = {"group_column": "image_id"} if by_column else {"num_generations": k}
+        reward = rapo_trl.RapoReward(log_predictions=False, **config)
+        with pytest.MonkeyPatch.context() as patch:  # stands in for torch.distributed's all_gather
+            patch.setattr(rapo_trl, "_all_gather", lambda obj, g=gathered, r=rank: (g, r))
+            got = reward(None, texts[part], gt=gt[part], image_id=ids[part])
+        np.testing.assert_allclose(got, ref[part], rtol=0, atol=1e-12)
 
 
 # ---------------------------------------------------------------------------------------------

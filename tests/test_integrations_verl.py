@@ -12,6 +12,7 @@ image), a different input path from the flat batch with group ids the adapter us
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import sys
 import types
@@ -21,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 
@@ -345,3 +348,73 @@ def test_loading_by_file_path_registers_the_canonical_manager(tokenizer, verl_re
 def test_import_without_verl_registers_nothing(monkeypatch):
     monkeypatch.setitem(sys.modules, "verl", None)  # makes `import verl` raise ImportError
     assert rapo_verl.register_with_verl() is False
+
+
+# ---------------------------------------------------------------------------------------------
+# property: any grouping, any order
+# ---------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def _shared_tokenizer():
+    from aesr1.modeling.tiny import build_tokenizer
+
+    return build_tokenizer()
+
+
+_completion = st.one_of(
+    st.floats(0, 1).map(lambda v: f"<think>w</think><answer>{v:.2f}</answer>"),
+    st.floats(0, 1).map(lambda v: f"<answer>{v:.3f}</answer>"),
+    st.sampled_from(["", "no score", "<answer>1.5</answer>", "<think>x</think><answer>0.5"]),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    groups=st.lists(
+        st.tuples(st.floats(0, 1).map(lambda v: round(v, 2)), st.lists(_completion, min_size=1, max_size=5)),
+        min_size=1,
+        max_size=6,
+    ),
+    seed=st.integers(0, 2**32 - 1),
+    ties=st.sampled_from(["strict", "half"]),
+)
+def test_property_any_uid_grouping_and_order_gives_rapo_of_the_grouped_batch(groups, seed, ties):
+    tokenizer = _shared_tokenizer()
+    texts = [t for _, completions in groups for t in completions]
+    gt = [g for g, completions in groups for _ in completions]
+    uids = [f"u{i}" for i, (_, completions) in enumerate(groups) for _ in completions]
+    perm = np.random.default_rng(seed).permutation(len(texts))
+    texts, gt, uids = [texts[i] for i in perm], [gt[i] for i in perm], [uids[i] for i in perm]
+
+    response_len = 40
+    responses = torch.full((len(texts), response_len), tokenizer.pad_token_id)
+    mask = torch.zeros((len(texts), 2 + response_len), dtype=torch.long)
+    mask[:, :2] = 1
+    for row, text in enumerate(texts):
+        ids = tokenizer.encode(text, add_special_tokens=False)[:response_len]
+        responses[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        mask[row, 2 : 2 + len(ids)] = 1
+    data = make_data(
+        {
+            "prompts": torch.zeros((len(texts), 2), dtype=torch.long),
+            "responses": responses,
+            "attention_mask": mask,
+        },
+        {
+            "uid": np.array(uids, dtype=object),
+            "reward_model": np.array([{"ground_truth": g} for g in gt], dtype=object),
+        },
+    )
+    weights = {"rank": 1.0, "abs": 1.0, "binary": 0.5, "format": 0.25}
+    out = rapo_verl.RapoRewardManager(tokenizer, weights=weights, ties=ties)(data, return_dict=True)
+    ref = reference(texts, gt, uids, weights=weights, ties=ties)
+    np.testing.assert_allclose(out["reward_extra_info"]["score"], ref["total"], rtol=0, atol=1e-12)
+    for name in COMPONENTS:
+        np.testing.assert_allclose(out["reward_extra_info"][name], ref[name], rtol=0, atol=1e-12)
+    lengths = mask[:, 2:].sum(-1)
+    placed = out["reward_tensor"][torch.arange(len(texts)), (lengths - 1).clamp(min=0)]
+    np.testing.assert_allclose(placed.numpy(), ref["total"].astype(np.float32), rtol=0, atol=0)
+    assert float(out["reward_tensor"].abs().sum()) == pytest.approx(
+        float(np.abs(ref["total"].astype(np.float32)).sum()), rel=1e-6
+    )
