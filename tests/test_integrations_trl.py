@@ -279,7 +279,7 @@ def test_property_every_process_gets_its_slice_of_rapo_on_the_whole_batch(k, ima
     parts = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
     ref = reference(texts, gt, ids)["total"]
     for rank, part in enumerate(parts):
-        gathered = [(texts[p], gt[p], ids[p] if by_column else None) for p in parts]
+        gathered = [((texts[p], gt[p], ids[p] if by_column else None), None) for p in parts]
         config = {"group_column": "image_id"} if by_column else {"num_generations": k}
         reward = rapo_trl.RapoReward(log_predictions=False, **config)
         with pytest.MonkeyPatch.context() as patch:  # stands in for torch.distributed's all_gather
@@ -486,6 +486,14 @@ def _distributed_worker(out_dir: Path) -> None:
         "ids": ids,
         "rewards": reward(None, texts, gt=gt, image_id=ids),
     }
+
+    # A bad value on rank 1 only must fail both ranks (no rank left waiting in the gather).
+    bad_gt = gt if rank == 0 else ["n/a", *gt[1:]]
+    try:
+        reward(None, list(texts), gt=bad_gt, image_id=ids)
+        record["error"] = None
+    except TypeError as err:
+        record["error"] = str(err)
     (out_dir / f"rank{rank}.json").write_text(json.dumps(record))
 
 
@@ -511,6 +519,9 @@ def test_two_processes_groups_straddling_ranks_get_rapo_of_the_gathered_batch(tm
     # the layout really straddles: the last completion of rank 0 and the first of rank 1 share a group
     first = [records[r]["trainer"]["rank"][0] for r in (0, 1)]
     assert len(first[0]["texts"]) == 3 and first[0]["gt"][-1] == first[1]["gt"][0]
+
+    for r in (0, 1):
+        assert (records[r]["error"] or "").startswith("process 1: gt[0]"), records[r]["error"]
 
     direct = [records[r]["direct"] for r in (0, 1)]
     texts = direct[0]["texts"] + direct[1]["texts"]

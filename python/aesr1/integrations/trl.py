@@ -172,6 +172,43 @@ class RapoReward:
         self, prompts: Sequence[Any], completions: Sequence[Any], kwargs: Mapping[str, Any]
     ) -> tuple[ScoredBatch, slice]:
         config = self.config
+        # A bad batch on one process must fail every process: raising before the collective gather
+        # would leave the others waiting in it forever. So the local error travels with the gather.
+        try:
+            local_part = self._local_inputs(completions, kwargs)
+            error = None
+        except (TypeError, ValueError) as err:
+            local_part, error = None, (type(err), str(err))
+        gathered, rank = _all_gather((local_part, error))
+        for process, (_, failure) in enumerate(gathered):
+            if failure is not None:
+                kind, message = failure
+                raise kind(message if len(gathered) == 1 else f"process {process}: {message}")
+        parts = [part for part, _ in gathered]
+        sizes = [len(texts) for texts, _, _ in parts]
+        start = sum(sizes[:rank])
+        local = slice(start, start + sizes[rank])
+        all_texts = [t for texts, _, _ in parts for t in texts]
+        all_gt = np.array([g for _, gt, _ in parts for g in gt], dtype=np.float64)
+
+        if config.group_column is not None:
+            groups = group_codes([k for _, _, keys in parts for k in keys], argument=config.group_column)
+            hint = f"check the {config.group_column!r} column"
+        else:
+            groups = self._positional_groups(len(all_texts), kwargs)
+            hint = "check num_generations"
+        check_constant_ground_truth(all_gt, groups, hint=hint)
+
+        scored = score_batch(all_texts, all_gt, groups, self.weights, self.rapo_options)
+        if config.log_predictions:
+            self._log(scored, local, kwargs)
+        return scored, local
+
+    def _local_inputs(
+        self, completions: Sequence[Any], kwargs: Mapping[str, Any]
+    ) -> tuple[list[str], list[float], list[Any] | None]:
+        """This process's completion texts, ground truths and group keys, validated."""
+        config = self.config
         if isinstance(completions, (str, bytes)) or not isinstance(completions, Sequence):
             raise TypeError(f"completions must be a list, got {type(completions).__name__}")
         texts = [completion_text(c) for c in completions]
@@ -184,36 +221,17 @@ class RapoReward:
         gt_values = kwargs[config.gt_column]
         if len(gt_values) != len(texts):
             raise ValueError(f"{config.gt_column} has {len(gt_values)} values for {len(texts)} completions")
-        gt = ground_truth_floats(gt_values, argument=config.gt_column)
-        keys = None
-        if config.group_column is not None:
-            if config.group_column not in kwargs:
-                raise ValueError(
-                    f"group_column {config.group_column!r} is not among the reward function's arguments"
-                )
-            keys = list(kwargs[config.group_column])
-            if len(keys) != len(texts):
-                raise ValueError(f"{config.group_column} has {len(keys)} values for {len(texts)} completions")
-
-        gathered, rank = _all_gather((texts, gt.tolist(), keys))
-        sizes = [len(part[0]) for part in gathered]
-        start = sum(sizes[:rank])
-        local = slice(start, start + len(texts))
-        all_texts = [t for part in gathered for t in part[0]]
-        all_gt = np.array([g for part in gathered for g in part[1]], dtype=np.float64)
-
-        if keys is not None:
-            groups = group_codes([k for part in gathered for k in part[2]], argument=config.group_column)
-            hint = f"check the {config.group_column!r} column"
-        else:
-            groups = self._positional_groups(len(all_texts), kwargs)
-            hint = "check num_generations"
-        check_constant_ground_truth(all_gt, groups, hint=hint)
-
-        scored = score_batch(all_texts, all_gt, groups, self.weights, self.rapo_options)
-        if config.log_predictions:
-            self._log(scored, local, kwargs)
-        return scored, local
+        gt = ground_truth_floats(gt_values, argument=config.gt_column).tolist()
+        if config.group_column is None:
+            return texts, gt, None
+        if config.group_column not in kwargs:
+            raise ValueError(
+                f"group_column {config.group_column!r} is not among the reward function's arguments"
+            )
+        keys = list(kwargs[config.group_column])
+        if len(keys) != len(texts):
+            raise ValueError(f"{config.group_column} has {len(keys)} values for {len(texts)} completions")
+        return texts, gt, keys
 
     def _positional_groups(self, total: int, kwargs: Mapping[str, Any]) -> np.ndarray:
         from_trainer = _trainer_num_generations(kwargs)
