@@ -212,6 +212,20 @@ def test_unparseable_model_still_gives_a_table_with_nan(tmp_path, trees):
     assert (tmp_path / "out" / "plots" / "para_distribution.png").exists()
 
 
+def test_constant_predictions_give_nan_with_a_note(tmp_path, trees):
+    script = {item.image: [answer(0.5)] for items in trees.values() for item in items}
+    with pytest.warns(RuntimeWarning):
+        result = run_evaluation(
+            EvalConfig(output_dir=str(tmp_path / "out"), plots=False),
+            datasets=trees,
+            predictor=Scripted(script),
+            progress=False,
+        )
+    aadb = result.datasets["aadb"]
+    assert aadb.scored == 12 and math.isnan(aadb.plcc) and math.isnan(aadb.srcc)
+    assert "all predictions are equal" in aadb.note and math.isnan(result.average["srcc"])
+
+
 def test_logistic_fit_recovers_a_monotonic_map_and_is_flagged(tmp_path):
     rng = np.random.default_rng(0)
     pred = rng.uniform(0, 1, 200)
