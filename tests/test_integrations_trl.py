@@ -27,6 +27,7 @@ import torch  # noqa: E402
 from aesr1 import rewards  # noqa: E402
 from aesr1.integrations import trl as rapo_trl  # noqa: E402
 from aesr1.integrations._common import COMPONENTS, completion_text  # noqa: E402
+from aesr1.integrations.trl import RapoReward  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
 # reference: rapo on the per-image layout
@@ -293,14 +294,15 @@ def test_property_every_process_gets_its_slice_of_rapo_on_the_whole_batch(k, ima
 # ---------------------------------------------------------------------------------------------
 
 
-def _format_forced_model(tokenizer, seed=0):
-    """A tiny random Qwen2 whose sampling is masked to `<think>w</think><answer>D.dd</answer>`.
+def force_format(model, tokenizer):
+    """Mask `model`'s sampling to `<think>w</think><answer>D.dd</answer>`; returns the completion length.
 
     A random model almost never writes a parseable answer, which would leave every reward at zero;
     masking the logits (the model still samples among the allowed tokens, and trl computes log-probs
-    with the unmasked model) yields a mix of valid scores and unparseable answers ("h.37").
+    with the unmasked model) yields a mix of valid scores and unparseable answers ("h.37"). trl calls
+    `model.generate`, patched here on the instance.
     """
-    from transformers import LogitsProcessor, LogitsProcessorList, Qwen2Config, Qwen2ForCausalLM
+    from transformers import LogitsProcessor, LogitsProcessorList
 
     def ids(*tokens):
         return [tokenizer.convert_tokens_to_ids(t) for t in tokens]
@@ -329,10 +331,19 @@ def _format_forced_model(tokenizer, seed=0):
             mask[:, allowed] = 0.0
             return scores + mask
 
-    class FormatForcedQwen2(Qwen2ForCausalLM):
-        def generate(self, *args, **kwargs):
-            kwargs["logits_processor"] = LogitsProcessorList([Forcer(kwargs["input_ids"].shape[1])])
-            return super().generate(*args, **kwargs)
+    unforced = model.generate
+
+    def generate(*args, **kwargs):
+        kwargs["logits_processor"] = LogitsProcessorList([Forcer(kwargs["input_ids"].shape[1])])
+        return unforced(*args, **kwargs)
+
+    model.generate = generate
+    return len(slots)
+
+
+def tiny_text_model(tokenizer, seed=0):
+    """A one-layer random Qwen2 causal LM over `tokenizer`'s vocabulary."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
 
     config = Qwen2Config(
         vocab_size=len(tokenizer),
@@ -347,7 +358,7 @@ def _format_forced_model(tokenizer, seed=0):
         bos_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(seed)
-    return FormatForcedQwen2(config), len(slots)
+    return Qwen2ForCausalLM(config)
 
 
 class Recorder:
@@ -377,7 +388,8 @@ def _run_grpo(output_dir, *, conversational, components, num_images, per_device,
     from aesr1.modeling.tiny import build_tokenizer
 
     tokenizer = build_tokenizer()
-    model, max_len = _format_forced_model(tokenizer)
+    model = tiny_text_model(tokenizer)
+    max_len = force_format(model, tokenizer)
     prompts = [f"Rate image {i}." for i in range(num_images)]
     if conversational:
         prompts = [[{"role": "user", "content": p}] for p in prompts]
@@ -454,6 +466,55 @@ def test_grpo_trainer_rewards_equal_rapo_on_each_generation_batch(tmp_path, conv
     for name in names:
         assert f"rewards/{name}/mean" in logged
     assert "rapo/unparseable" in logged
+
+
+def test_grpo_trainer_with_the_tiny_qwen2_5_vl_and_an_image_column(tmp_path):
+    """The README's trl example, shrunk: a vision-language model, an image column, the scoring prompt."""
+    from datasets import Dataset, Image
+    from PIL import Image as PILImage
+    from trl import GRPOConfig, GRPOTrainer
+
+    from aesr1.modeling.tiny import build_tiny_model
+    from aesr1.prompts import SCORING_PROMPT
+
+    paths = []
+    for i in range(4):
+        paths.append(str(tmp_path / f"{i}.png"))
+        PILImage.new("RGB", (56, 56), (60 * i, 90, 200 - 40 * i)).save(paths[-1])
+    prompt = [
+        {
+            "role": "user",
+            "content": [{"type": "image"}, {"type": "text", "text": SCORING_PROMPT.replace("<image>", "")}],
+        }
+    ]
+    dataset = Dataset.from_dict({"image": paths, "prompt": [prompt] * 4, "gt": [0.1, 0.4, 0.65, 0.9]})
+    dataset = dataset.cast_column("image", Image())
+    model, processor = build_tiny_model(seed=0)
+    max_len = force_format(model, processor.tokenizer)
+
+    reward = RapoReward()
+    funcs = [Recorder(f) for f in reward.reward_funcs()]
+    args = GRPOConfig(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        num_generations=2,
+        max_completion_length=max_len,
+        max_steps=2,
+        use_cpu=True,
+        report_to=[],
+        logging_steps=1,
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=0,
+        reward_weights=reward.reward_weights(),
+    )
+    trainer = GRPOTrainer(
+        model=model, reward_funcs=funcs, args=args, train_dataset=dataset, processing_class=processor
+    )
+    trainer.train()
+    calls = {f.__name__.removeprefix("rapo_"): f.calls for f in funcs}
+    seen = _check_calls_against_reference({0: calls}, 2, list(calls))
+    assert seen["parsed"] > 0 and seen["rank_nonzero"] > 0, seen
 
 
 # ---------------------------------------------------------------------------------------------
