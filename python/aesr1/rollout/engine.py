@@ -113,8 +113,10 @@ def smallest_bucket(buckets: list[int], count: int) -> int:
 
 def supports_model(model) -> str | None:
     """None when the engine can run `model`, else the reason it cannot."""
+    # PEFT wrappers forward **kwargs to the model they wrap: inspect that one
+    inner = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
     try:
-        parameters = inspect.signature(model.forward).parameters
+        parameters = inspect.signature(inner.forward).parameters
     except (TypeError, ValueError):
         return "the model's forward has no inspectable signature"
     for name in ("cache", "position_ids", "logits_to_keep"):
@@ -127,6 +129,10 @@ def supports_model(model) -> str | None:
     layer_types = set(getattr(config, "layer_types", None) or ["full_attention"])
     if layer_types != {"full_attention"}:
         return f"layer types {sorted(layer_types)} (only full attention is supported)"
+    rope_type = (getattr(config, "rope_parameters", None) or {}).get("rope_type", "default")
+    if "dynamic" in str(rope_type) or rope_type == "longrope":
+        # these recompute their frequencies from max(position_ids) on the host at every forward
+        return f"rope_type {rope_type!r} synchronises with the host at every step"
     return None
 
 
@@ -380,9 +386,13 @@ class DecodeEngine:
         graph.register_generator_state(self._generator)
         if self._graph_pool is None:
             self._graph_pool = torch.cuda.graph_pool_handle()
+        # recording draws no numbers, but may move the generator's offset: restore it so that a seed
+        # gives the same samples whether or not this call captured graphs
+        generator_state = self._generator.get_state()
         # the buckets' graphs replay one after another, never concurrently: they share one pool
         with torch.cuda.graph(graph, pool=self._graph_pool):
             self._step(state, bucket)
+        self._generator.set_state(generator_state)
         return graph
 
     def _decode_loop(self, state: DecodeState, rows: int, max_new_tokens: int) -> tuple[int, int, list[int]]:
