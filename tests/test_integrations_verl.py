@@ -278,10 +278,11 @@ def test_compute_score_refuses_the_rank_reward():
 # ---------------------------------------------------------------------------------------------
 
 
-def _load_by_path(path: Path, name: str):
-    """What verl's `load_extern_object` does with `custom_reward_function.path`."""
-    spec = importlib.util.spec_from_file_location(name, path)
+def _load_by_path(path: Path, monkeypatch):
+    """What verl 0.6's `get_custom_reward_fn` does with `custom_reward_function.path`."""
+    spec = importlib.util.spec_from_file_location("custom_module", path)
     module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "custom_module", module)
     spec.loader.exec_module(module)
     return module
 
@@ -322,10 +323,10 @@ def verl_registry(monkeypatch):
     return register, get_reward_manager_cls
 
 
-def test_loading_by_file_path_registers_the_canonical_manager(tokenizer, verl_registry):
+def test_loading_by_file_path_registers_the_canonical_manager(tokenizer, verl_registry, monkeypatch):
     register, get_cls = verl_registry
     assert rapo_verl.register_with_verl()
-    loaded = _load_by_path(Path(rapo_verl.__file__), "custom_module_rapo")
+    loaded = _load_by_path(Path(rapo_verl.__file__), monkeypatch)
     assert loaded.RapoRewardManager is not rapo_verl.RapoRewardManager
     assert get_cls("rapo") is rapo_verl.RapoRewardManager
     # registering the file-loaded copy directly is what verl's registry refuses
