@@ -1,0 +1,48 @@
+"""Results must not depend on the number of threads: compare a one-thread process, bit for bit."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    from aesr1 import _core, metrics, rewards
+
+    rng = np.random.default_rng(7)
+    n, k = 300, 8
+    gt = np.round(rng.random(n), 2)
+    pred = np.round(np.clip(gt[:, None] + 0.15 * rng.standard_normal((n, k)), 0, 1), 2)
+    pred[rng.random((n, k)) < 0.05] = np.nan
+    out = {"threads": _core.num_threads()}
+    for ties in ("strict", "half"):
+        r = rewards.rapo({"pred": pred, "gt": gt}, ties=ties)
+        out[ties] = [v.hex() for v in np.concatenate([r.total, r.rank, r.advantages])]
+    x = rng.random(200_000)
+    y = np.round(x + 0.3 * rng.standard_normal(x.size), 2)
+    e = metrics.evaluate(x, y)
+    out["metrics"] = [float(v).hex() for v in (e.plcc, e.srcc, e.krcc)]
+    texts = [f"<answer>0.{i % 100:02d}</answer>" for i in range(3000)]
+    out["parse"] = [v.hex() for v in rewards.parse_scores(texts)]
+    json.dump(out, sys.stdout)
+    """
+)
+
+
+def run(threads: int) -> dict:
+    env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, check=True
+    )
+    return json.loads(result.stdout)
+
+
+def test_results_do_not_depend_on_thread_count():
+    one, three = run(1), run(3)
+    assert one.pop("threads") == 1 and three.pop("threads") == 3
+    assert one == three
