@@ -350,6 +350,10 @@ def test_buffers_are_reused_across_calls_and_grown_when_needed(tiny, batch):
     got = engine.decode(more, params, max_new_tokens=MAX_NEW, eos_token_id=eos, pad_token_id=pad)
     assert engine._state is not state and engine._state.shape.rows == 7
     assert torch.equal(got.completion_ids[5:], got.completion_ids[:2])
+    engine.release()
+    assert engine._state is None
+    assert torch.equal(engine.decode(smaller, params, max_new_tokens=MAX_NEW, eos_token_id=eos,
+                                     pad_token_id=pad).completion_ids, want)  # fmt: skip
 
 
 def test_repetition_penalty_and_suppressed_tokens_match_generate(tiny, images):

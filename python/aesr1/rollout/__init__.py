@@ -14,6 +14,7 @@ from aesr1.rollout.api import (
     engine_for,
     generate_rollouts,
     generate_rollouts_hf,
+    release_engines,
     sampling_params,
 )
 from aesr1.rollout.backends import ROLLOUT_BACKENDS, RolloutConfig, make_rollout_fn, require_vllm
@@ -36,6 +37,7 @@ __all__ = [
     "generate_rollouts_hf",
     "make_rollout_fn",
     "process_logits",
+    "release_engines",
     "require_vllm",
     "sampling_params",
     "supports_model",

@@ -98,6 +98,12 @@ def engine_for(model, options: EngineOptions | None = None) -> DecodeEngine:
     return engine
 
 
+def release_engines() -> None:
+    """Free the buffers and CUDA graphs of every cached engine (they are rebuilt on the next call)."""
+    for engine in list(_ENGINES.values()):
+        engine.release()
+
+
 def resolve_engine(engine: str, model) -> str:
     """ "engine" or "generate" for the `engine` argument (see the module docstring)."""
     if engine not in ENGINE_CHOICES:

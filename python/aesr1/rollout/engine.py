@@ -32,6 +32,7 @@ from __future__ import annotations
 import inspect
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -174,6 +175,7 @@ class DecodeEngine:
         self._graphs: dict[int, Any] = {}
         self._eager_runs: dict[int, int] = {}
         self._graph_pool = None
+        self._capture_failed = False
         self._fingerprint: tuple | None = None
 
     # -------------------------------------------------------------------------------------------
@@ -182,6 +184,14 @@ class DecodeEngine:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    def release(self) -> None:
+        """Free the KV buffers and graphs (e.g. to give their memory to the optimiser step); the next
+        call allocates and captures again."""
+        self._drop_graphs()
+        self._state = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     @torch.no_grad()
     def decode(
@@ -367,6 +377,9 @@ class DecodeEngine:
         if graph is not None:
             graph.replay()
             return
+        if self._capture_failed:
+            self._step(state, bucket)
+            return
         runs = self._eager_runs.get(bucket, 0)
         # warm-up runs on a side stream (lazy library initialisation must not land in the capture)
         stream = torch.cuda.Stream(device=state.shape.device)
@@ -375,8 +388,13 @@ class DecodeEngine:
             self._step(state, bucket)
         torch.cuda.current_stream(state.shape.device).wait_stream(stream)
         self._eager_runs[bucket] = runs + 1
-        if runs + 1 >= self.options.warmup_steps:
-            self._graphs[bucket] = self._capture(state, bucket)
+        if runs + 1 >= self.options.warmup_steps and not self._capture_failed:
+            try:
+                self._graphs[bucket] = self._capture(state, bucket)
+            except Exception as error:  # any capture failure: keep decoding eagerly
+                # recording ran no kernel, so the state is intact and decoding goes on without graphs
+                self._capture_failed = True
+                warnings.warn(f"CUDA graph capture failed, decoding eagerly: {error}", stacklevel=2)
 
     def _capture(self, state: DecodeState, bucket: int):
         """Record (not run) one step of `bucket` rows; replays advance the engine's generator."""
