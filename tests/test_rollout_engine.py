@@ -441,3 +441,30 @@ def test_bucket_sizes():
     assert bucket_sizes(1) == [1]
     with pytest.raises(ValueError, match="min_bucket"):
         EngineOptions(min_bucket=0)
+
+
+def test_compiled_step_matches_generate(tiny, batch):
+    """EngineOptions(compile=True): the decode-step forward through torch.compile (inductor)."""
+    model, processor = tiny
+    eos, pad = ids(processor)
+    two = batch_rows(batch, [0, 2])
+    want, _ = hf_greedy(model, two, 3, eos, pad)
+    assert torch.equal(greedy(model, two, eos, pad, max_new_tokens=3, compile=True).completion_ids, want)
+
+
+def test_cached_engines_are_per_model_and_do_not_keep_it_alive(tiny):
+    import gc
+
+    from aesr1.rollout import engine_for
+    from aesr1.rollout.api import _ENGINES
+
+    model = copy.deepcopy(tiny[0])
+    engine = engine_for(model)
+    assert engine_for(model) is engine and engine.model is model
+    assert engine_for(model, EngineOptions(kv_block=8)) is not engine  # other options: a new engine
+    count = len(_ENGINES)
+    del model
+    gc.collect()
+    assert len(_ENGINES) == count - 1
+    with pytest.raises(RuntimeError, match="garbage-collected"):
+        _ = engine.model

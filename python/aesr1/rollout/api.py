@@ -93,7 +93,8 @@ def engine_for(model, options: EngineOptions | None = None) -> DecodeEngine:
     a different `options` replaces it."""
     engine = _ENGINES.get(model)
     if engine is None or (options is not None and engine.options != options):
-        engine = DecodeEngine(model, options)
+        # weak: a strong reference from the value would keep the dictionary's key alive forever
+        engine = DecodeEngine(model, options, weak=True)
         _ENGINES[model] = engine
     return engine
 

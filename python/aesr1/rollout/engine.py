@@ -33,6 +33,7 @@ import inspect
 import math
 import time
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +62,10 @@ class EngineOptions:
         check_every: decode steps between host checks for finished rows (stop and compaction);
             None: 1 on CPU (checks are free there), 8 on CUDA (each check is a synchronisation).
         min_bucket: smallest bucket; compaction never goes below it.
+        compile: run the decode-step forward through `torch.compile` (inductor fuses the small
+            elementwise kernels of norms, rotary and MLP, which a CUDA graph alone still launches
+            one by one; compiled once per bucket size during the warm-up steps, before capture).
+            Off by default: compiling a 3B model for every bucket takes minutes.
     """
 
     cuda_graphs: bool = True
@@ -68,6 +73,7 @@ class EngineOptions:
     kv_block: int = 128
     check_every: int | None = None
     min_bucket: int = 1
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.warmup_steps < 1:
@@ -153,17 +159,20 @@ def _parameter_fingerprint(model) -> tuple:
 
 
 class DecodeEngine:
-    """Static-cache decode for one model (held by reference: it always runs the current weights).
+    """Static-cache decode for one model (held by reference: it always runs the current weights;
+    `weak=True` holds it by weak reference).
 
     Keep one engine per model across calls: its buffers and CUDA graphs are reused while the batch
     fits the buffers (rows, KV capacity), `max_new_tokens` and the sampling settings are unchanged.
     """
 
-    def __init__(self, model, options: EngineOptions | None = None):
+    def __init__(self, model, options: EngineOptions | None = None, *, weak: bool = False):
         reason = supports_model(model)
         if reason is not None:
             raise ValueError(f"model not supported by the decode engine: {reason}")
-        self.model = model
+        # weak: the engine does not keep the model alive (engines cached per model use this)
+        self._model_ref = weakref.ref(model) if weak else None
+        self._model = None if weak else model
         self.options = options or EngineOptions()
         config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         self._attention = getattr(config, "_attn_implementation", None) or "eager"
@@ -177,9 +186,17 @@ class DecodeEngine:
         self._graph_pool = None
         self._capture_failed = False
         self._fingerprint: tuple | None = None
+        self._forward = torch.compile(self._model_forward, dynamic=False) if self.options.compile else None
 
     # -------------------------------------------------------------------------------------------
     # public
+
+    @property
+    def model(self):
+        model = self._model if self._model is not None else self._model_ref()
+        if model is None:
+            raise RuntimeError("the engine's model was garbage-collected")
+        return model
 
     @property
     def device(self) -> torch.device:
@@ -354,19 +371,29 @@ class DecodeEngine:
             seen.scatter_(1, tokens.unsqueeze(1), True)
         state.step_index.add_(1)
 
-    def _step(self, state: DecodeState, bucket: int) -> None:
-        """One decode step of rows [:bucket]: fixed shapes, no host synchronisation."""
-        state.kv_valid[:bucket].index_fill_(1, state.write_index, True)
+    def _model_forward(self, input_ids, position_ids, attention_mask, cache) -> torch.Tensor:
         output = self.model(
-            input_ids=state.input_ids[:bucket],
-            position_ids=state.positions[:, :bucket],
-            attention_mask=self._attention_masks(state.kv_valid[:bucket]),
-            cache=state.cache(bucket),
+            input_ids=input_ids,
+            position_ids=position_ids,
+            attention_mask=attention_mask,
+            cache=cache,
             use_cache=True,
             logits_to_keep=1,
         )
+        return output.logits[:, -1]
+
+    def _step(self, state: DecodeState, bucket: int) -> None:
+        """One decode step of rows [:bucket]: fixed shapes, no host synchronisation."""
+        state.kv_valid[:bucket].index_fill_(1, state.write_index, True)
+        forward = self._forward or self._model_forward
+        logits = forward(
+            state.input_ids[:bucket],
+            state.positions[:, :bucket],
+            self._attention_masks(state.kv_valid[:bucket]),
+            state.cache(bucket),
+        )
         state.write_index.add_(1)
-        self._record(state, output.logits[:, -1], bucket)
+        self._record(state, logits, bucket)
 
     def _run_step(self, state: DecodeState, bucket: int) -> None:
         graphs = self.options.cuda_graphs and state.shape.device.type == "cuda"
