@@ -13,7 +13,8 @@ defaults).
 
 Methods: `generate` with the dynamic cache (what trl uses by default), `generate` with
 `cache_implementation="static"` timed after a warm-up call (transformers compiles the forward),
-the engine with CUDA graphs timed after a warm-up call (captures), and the engine without graphs.
+the engine with CUDA graphs timed after a warm-up call (captures), the engine with its step also
+compiled by inductor (`engine-compile`, full workload only) and the engine without graphs.
 Time: wall clock around the whole call after `torch.cuda.synchronize` (prefill included), so
 ms/step = total / new tokens per sequence, the issue's definition; the engine also reports its
 decode-only ms/step. Memory: the allocator's peak during the timed call (weights included) and its
@@ -36,6 +37,8 @@ from tqdm import tqdm
 from aesr1.rollout import DecodeEngine, EngineOptions, SamplingParams
 
 METHODS = ("generate-dynamic", "generate-static", "engine", "engine-eager")
+#: also run by default on the full workload (compiling takes minutes on CPU for nothing to learn)
+FULL_ONLY = ("engine-compile",)
 
 
 @dataclass
@@ -208,7 +211,7 @@ def bench(model, inputs, workload: Workload, methods, device) -> list[Row]:
             new = int(output.shape[1] - inputs["input_ids"].shape[1]) * output.shape[0]
             decode_ms, note = None, "warm" if static else ""
         else:
-            options = EngineOptions(cuda_graphs=method == "engine")
+            options = EngineOptions(cuda_graphs=method != "engine-eager", compile=method == "engine-compile")
             engine = DecodeEngine(model, options)
             run_engine(engine, inputs, workload, never, pad, seed=0)  # warm-up: buffers, graph capture
             result, seconds, peak, extra = measured(
@@ -278,17 +281,19 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--smoke", action="store_true", help="tiny config, 4 x (40 + 12) tokens, fp32")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {METHODS}")
+    parser.add_argument("--methods", default=None,
+                        help=f"comma-separated subset of {METHODS + FULL_ONLY} (default: all; {FULL_ONLY} not with --smoke)")  # fmt: skip
     parser.add_argument("--rows", type=int, default=None)
     parser.add_argument("--new-tokens", type=int, default=None)
     parser.add_argument("--greedy-check", type=int, default=0, metavar="STEPS",
                         help="also compare STEPS greedy tokens of the engine and generate")  # fmt: skip
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = sorted(set(methods) - set(METHODS))
+    default = METHODS if args.smoke else METHODS + FULL_ONLY
+    methods = [m.strip() for m in (args.methods or ",".join(default)).split(",") if m.strip()]
+    unknown = sorted(set(methods) - set(METHODS + FULL_ONLY))
     if unknown:
-        parser.error(f"unknown methods {unknown}; choose from {METHODS}")
+        parser.error(f"unknown methods {unknown}; choose from {METHODS + FULL_ONLY}")
     workload = SMOKE if args.smoke else H100
     if args.rows or args.new_tokens:
         workload = Workload(**{**asdict(workload), "rows": args.rows or workload.rows,
