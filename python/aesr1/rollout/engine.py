@@ -434,8 +434,9 @@ class DecodeEngine:
         # recording draws no numbers, but may move the generator's offset: restore it so that a seed
         # gives the same samples whether or not this call captured graphs
         generator_state = self._generator.get_state()
-        # the buckets' graphs replay one after another, never concurrently: they share one pool
-        with torch.cuda.graph(graph, pool=self._graph_pool):
+        # the buckets' graphs replay one after another, never concurrently: they share one pool;
+        # thread_local: CUDA calls of other threads (data loaders, loggers) do not void the capture
+        with torch.cuda.graph(graph, pool=self._graph_pool, capture_error_mode="thread_local"):
             self._step(state, bucket)
         self._generator.set_state(generator_state)
         return graph
