@@ -1,0 +1,514 @@
+"""Configuration of the two-stage Aes-R1 training (paper §3.3, Appendix C), trl-style dataclasses.
+
+Defaults follow Appendix C (Qwen2.5-VL-7B-Instruct): SFT 1 epoch, lr 1e-5, global batch 64; RAPO with
+K = 4, lr 1e-6 decaying linearly, mini-batch 32, 10 epochs, max completion 1024 tokens,
+eps_high = 0.28, beta = 0.01, sigma = 0.1, reward = rank + abs. :func:`embedded_default` overrides
+sizes and learning rates so that `python -m aesr1.train` runs on a 2-core CPU in minutes.
+
+A YAML file holds any subset of the sections below; an unknown key is an error naming it::
+
+    seed: 0
+    output_dir: runs/aesr1
+    model: {name_or_path: /models/Qwen2.5-VL-7B-Instruct, dtype: bfloat16}
+    data: {spec: "ava:/data/AVA,tad66k:/data/TAD66K"}
+    sft: {epochs: 1, learning_rate: 1.0e-5}
+    rapo: {num_generations: 4, learning_rate: 1.0e-6}
+    reward: {rank: 1.0, abs: 1.0}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+#: Packaged YAML configs (Appendix C and the Table 2 / Table 3 variants).
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+@dataclass
+class ModelConfig:
+    """The policy model.
+
+    Attributes:
+        name_or_path: local directory of a Qwen2.5-VL-style checkpoint (never downloaded). None builds
+            the tiny random-initialised Qwen2.5-VL of `aesr1.modeling.tiny` (the embedded default).
+        dtype: weight dtype for a real checkpoint ("bfloat16", "float16", "float32" or "auto").
+        attn_implementation: e.g. "flash_attention_2" or "sdpa"; None lets transformers choose.
+        gradient_checkpointing: trade compute for activation memory (large models).
+        tiny_seed: weight seed of the tiny model.
+        tiny_vocab_size: BPE vocabulary of the tiny model's tokenizer (trained on the cold-start text).
+        tiny_hidden_size / tiny_layers / tiny_intermediate_size: tiny text decoder sizes.
+    """
+
+    name_or_path: str | None = None
+    dtype: str = "bfloat16"
+    attn_implementation: str | None = None
+    gradient_checkpointing: bool = False
+    tiny_seed: int = 0
+    tiny_vocab_size: int = 1024
+    tiny_hidden_size: int = 64
+    tiny_layers: int = 2
+    tiny_intermediate_size: int = 128
+
+
+@dataclass
+class DataConfig:
+    """Training and held-out data.
+
+    Attributes:
+        spec: dataset spec as for `--data` (`aesr1.data.parse_data_spec`): comma-separated `name:root`
+            entries, or `synthetic` / `synthetic:<dir>` for the built-in dataset.
+        synthetic_n: images of the built-in synthetic dataset.
+        synthetic_image_size: side of the synthetic images in pixels.
+        test_fraction: held-out share where a dataset has no official split (Appendix C: 9:1).
+        split_seed: seed of that split (Appendix C: a fixed seed).
+        max_train_images: cap on RAPO training images (None = all).
+        max_eval_images: cap on held-out images evaluated (None = all).
+        cold_start: AesCoT JSONL for stage 1 (interface 2). None builds it with the template expert
+            (synthetic data only) into `<output_dir>/aescot.jsonl`.
+        cold_start_per_bin: items per score bin when building the cold-start data (AesCoT-3K: 1000).
+    """
+
+    spec: str = "synthetic"
+    synthetic_n: int = 3000
+    synthetic_image_size: int = 56
+    test_fraction: float = 0.1
+    split_seed: int = 0
+    max_train_images: int | None = None
+    max_eval_images: int | None = None
+    cold_start: str | None = None
+    cold_start_per_bin: int = 1000
+
+
+@dataclass
+class SFTConfig:
+    """Stage 1, AesCoT cold start (Eq. 8: NLL of critique and score).
+
+    Attributes:
+        epochs: passes over the cold-start data (Appendix C: 1; Table 3 also tries 0, 2, 10). 0 skips.
+        max_steps: stop after this many optimiser steps (None = run all epochs).
+        learning_rate: peak AdamW learning rate (Appendix C: 1e-5).
+        global_batch_size: sequences per optimiser step over all processes (Appendix C: 64).
+        micro_batch_size: sequences per forward pass per process (gradient accumulation fills the rest).
+        lr_scheduler: transformers scheduler name; the paper does not state it.
+        warmup_ratio: share of steps spent warming up the learning rate.
+        weight_decay: AdamW weight decay.
+        max_grad_norm: gradient clipping norm.
+        max_completion_length: truncate cold-start completions to this many tokens.
+    """
+
+    epochs: float = 1.0
+    max_steps: int | None = None
+    learning_rate: float = 1e-5
+    global_batch_size: int = 64
+    micro_batch_size: int = 8
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    max_completion_length: int = 1024
+
+
+@dataclass
+class RewardConfig:
+    """RAPO reward (Eq. 3-7, 13): a weighted sum of components; Table 2's rows are weight settings.
+
+    Attributes:
+        rank: weight of the relative rank reward (Eq. 4).
+        abs: weight of the absolute error reward (Eq. 6).
+        binary: weight of the binary reward (Eq. 13).
+        format: weight of the optional format reward.
+        sigma: width of the absolute reward (Appendix C: 0.1).
+        binary_threshold: |o - s| below which the binary reward is 1.
+        rank_scope: "global" compares each image with every image of the whole generation batch,
+            gathered across processes; "local" reproduces the released code's per-device comparison.
+        ties: "strict" (Eq. 5: p_c = 1 when s_i >= s_j) or "half" (0.5 on equal ground truth).
+    """
+
+    rank: float = 1.0
+    abs: float = 1.0
+    binary: float = 0.0
+    format: float = 0.0
+    sigma: float = 0.1
+    binary_threshold: float = 0.1
+    rank_scope: Literal["global", "local"] = "global"
+    ties: Literal["strict", "half"] = "strict"
+
+
+@dataclass
+class RAPOConfig:
+    """Stage 2, Relative-Absolute Policy Optimization (Eq. 9-12, Appendix C).
+
+    Batch sizes count completions (as in trl); each image contributes `num_generations` of them, so
+    they must be multiples of it.
+
+    Attributes:
+        epochs: passes over the RAPO training images (Appendix C: 10). 0 skips the stage.
+        max_steps: stop after this many optimiser steps (None = run all epochs).
+        num_generations: K completions per image (Appendix C: 4).
+        learning_rate: peak AdamW learning rate (Appendix C: 1e-6).
+        lr_scheduler: transformers scheduler name (Appendix C: linear decay).
+        warmup_steps: learning-rate warm-up steps.
+        mini_batch_size: completions per optimiser step over all processes (Appendix C: 32).
+        steps_per_generation: optimiser steps fed by one generation batch of
+            `mini_batch_size * steps_per_generation` completions. Old log-probs come from the policy
+            that generated them, so steps after the first are off-policy and the clip acts.
+        micro_batch_size: completions per forward pass per process.
+        max_completion_length: cap on sampled completion tokens (Appendix C: 1024).
+        temperature / top_p / top_k: rollout sampling; the loss uses the same temperature.
+        eps_low / eps_high: ratio clip range 1 - eps_low .. 1 + eps_high (DAPO clip-higher: 0.28).
+        beta: k3 KL coefficient against the frozen SFT checkpoint (Appendix C: 0.01).
+        aggregation: loss aggregation of `aesr1.loss.rapo_loss` (Eq. 10: "seq-mean-token-mean").
+        kl_clamp: verl-style clamps on the KL term.
+        loss_backend: "auto" (Triton on CUDA), "triton" or "torch".
+        weight_decay / max_grad_norm: AdamW weight decay and gradient clipping norm.
+        shuffle_mini_batches: shuffle completions of a generation batch before cutting mini-batches.
+    """
+
+    epochs: float = 10.0
+    max_steps: int | None = None
+    num_generations: int = 4
+    learning_rate: float = 1e-6
+    lr_scheduler: str = "linear"
+    warmup_steps: int = 0
+    mini_batch_size: int = 32
+    steps_per_generation: int = 4
+    micro_batch_size: int = 8
+    max_completion_length: int = 1024
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    eps_low: float = 0.2
+    eps_high: float = 0.28
+    beta: float = 0.01
+    aggregation: str = "seq-mean-token-mean"
+    kl_clamp: bool = False
+    loss_backend: str = "auto"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    shuffle_mini_batches: bool = True
+
+    @property
+    def generation_batch_size(self) -> int:
+        """Completions sampled per generation round over all processes."""
+        return self.mini_batch_size * self.steps_per_generation
+
+    @property
+    def images_per_generation(self) -> int:
+        return self.generation_batch_size // self.num_generations
+
+
+@dataclass
+class EvalConfig:
+    """Held-out evaluation (PLCC / SRCC, paper §4.1).
+
+    Attributes:
+        interval: evaluate every this many RAPO optimiser steps (0 = only before and after stages).
+        num_samples: completions per image; the prediction is the mean of the parsed scores.
+        temperature: 0 = greedy decoding, else sampling temperature.
+        batch_size: images per `generate` call.
+        max_completion_length: cap on evaluation completion tokens.
+        evaluate_untrained: also evaluate the model before any training (the table's first row).
+    """
+
+    interval: int = 50
+    num_samples: int = 1
+    temperature: float = 0.0
+    batch_size: int = 32
+    max_completion_length: int = 1024
+    evaluate_untrained: bool = True
+
+
+@dataclass
+class TrainConfig:
+    """The whole run: synthetic/real data -> AesCoT cold start -> SFT -> RAPO -> evaluation.
+
+    Attributes:
+        output_dir: where checkpoints, logs (JSONL, TensorBoard), the table and plots go.
+        seed: seeds data order, sampling and initialisation.
+        save_interval: RAPO checkpoint every this many optimiser steps (taken at the end of the
+            generation round that crosses it); SFT checkpoints every this many SFT steps.
+        save_total_limit: RAPO checkpoints kept (oldest deleted first).
+        log_interval: console/TensorBoard/JSONL logging every this many optimiser steps.
+        progress: show progress bars.
+        tensorboard: write TensorBoard event files.
+    """
+
+    output_dir: str = "runs/aesr1"
+    seed: int = 0
+    save_interval: int = 100
+    save_total_limit: int = 2
+    log_interval: int = 1
+    progress: bool = True
+    tensorboard: bool = True
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    rapo: RAPOConfig = field(default_factory=RAPOConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Strict construction from mappings / YAML.
+
+_SECTIONS = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "sft": SFTConfig,
+    "reward": RewardConfig,
+    "rapo": RAPOConfig,
+    "eval": EvalConfig,
+}
+
+
+def _coerce(path: str, value: Any, annotation: Any) -> Any:
+    """Check/convert one YAML value against its dataclass annotation, naming `path` on error."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Union or (origin is not None and type(None) in args):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(path, value, inner[0])
+    if origin is Literal:
+        if value not in args:
+            raise ValueError(f"config key {path!r}: expected one of {list(args)}, got {value!r}")
+        return value
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise TypeError(f"config key {path!r}: expected true/false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"config key {path!r}: expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise TypeError(f"config key {path!r}: expected a number, got {value!r}")
+        try:
+            return float(value)  # YAML reads 1e-5 (without a dot) as a string
+        except ValueError:
+            raise TypeError(f"config key {path!r}: expected a number, got {value!r}") from None
+    if annotation is str:
+        if not isinstance(value, str):
+            raise TypeError(f"config key {path!r}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _build(cls, values: dict[str, Any], prefix: str):
+    if not isinstance(values, dict):
+        raise TypeError(f"config section {prefix.rstrip('.') or '<root>'!r} must be a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in names:
+            raise ValueError(
+                f"unknown config key {prefix + key!r}; valid keys here: {', '.join(sorted(names))}"
+            )
+        if key in _SECTIONS and cls is TrainConfig:
+            kwargs[key] = _build(_SECTIONS[key], value, f"{key}.")
+        else:
+            kwargs[key] = _coerce(prefix + key, value, hints[key])
+    return cls(**kwargs)
+
+
+def config_from_dict(values: dict[str, Any], base: TrainConfig | None = None) -> TrainConfig:
+    """A `TrainConfig` from a nested mapping; keys absent from `values` keep `base`'s values."""
+    merged = _merge(base.to_dict() if base is not None else {}, values or {})
+    config = _build(TrainConfig, merged, "")
+    validate_config(config)
+    return config
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_config_values(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The mapping of a YAML config with its `base:` chain merged in (the file's own keys win)."""
+    import yaml
+
+    path = resolve_config_path(path)
+    if path.resolve() in _seen:
+        raise ValueError(f"config {str(path)!r}: `base` chain loops back to itself")
+    with open(path, encoding="utf-8") as handle:
+        values = yaml.safe_load(handle) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"config file {str(path)!r} must hold a mapping at the top level")
+    parent = values.pop("base", None)
+    if parent is not None:
+        if not isinstance(parent, str):
+            raise TypeError(f"config {str(path)!r}: `base` must name a config, got {parent!r}")
+        relative = path.parent / parent
+        parent_path = relative if relative.is_file() else parent
+        values = _merge(read_config_values(parent_path, (*_seen, path.resolve())), values)
+    return values
+
+
+def load_config(path: str | Path, base: TrainConfig | None = None) -> TrainConfig:
+    """Read a YAML config (a packaged name like ``appendix_c_qwen2_5_vl_7b`` or a file path).
+
+    A top-level ``base: <config>`` inherits another config (packaged name or path relative to the
+    file); keys absent from every file keep `base`'s (default: Appendix C) values.
+    """
+    values = read_config_values(path)
+    try:
+        return config_from_dict(values, base)
+    except (ValueError, TypeError) as error:
+        raise type(error)(f"{resolve_config_path(path)}: {error}") from None
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    candidate = Path(path)
+    if candidate.is_file():
+        return candidate
+    packaged = CONFIG_DIR / (candidate.name if candidate.suffix else f"{candidate.name}.yaml")
+    if packaged.is_file():
+        return packaged
+    shipped = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+    raise FileNotFoundError(f"config {str(path)!r} not found (packaged configs: {shipped})")
+
+
+def set_override(values: dict[str, Any], assignment: str) -> None:
+    """Apply a `section.key=value` command-line override (value parsed as YAML) to `values`."""
+    import yaml
+
+    if "=" not in assignment:
+        raise ValueError(f"--set expects section.key=value, got {assignment!r}")
+    dotted, raw = assignment.split("=", 1)
+    node = values
+    parts = dotted.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = yaml.safe_load(raw)
+
+
+def validate_config(config: TrainConfig) -> None:
+    """Cheap checks that must fail before any heavy work, each naming the setting to fix."""
+    rapo, sft, reward, ev = config.rapo, config.sft, config.reward, config.eval
+    k = rapo.num_generations
+    if k < 1:
+        raise ValueError(f"rapo.num_generations must be >= 1, got {k}")
+    if rapo.mini_batch_size < 1 or rapo.mini_batch_size % k:
+        raise ValueError(
+            f"rapo.mini_batch_size ({rapo.mini_batch_size}) must be a positive multiple of "
+            f"rapo.num_generations ({k}): a batch holds whole groups of K completions"
+        )
+    for name in ("steps_per_generation", "micro_batch_size", "max_completion_length"):
+        if getattr(rapo, name) < 1:
+            raise ValueError(f"rapo.{name} must be >= 1, got {getattr(rapo, name)}")
+    if rapo.epochs < 0:
+        raise ValueError(f"rapo.epochs must be >= 0, got {rapo.epochs}")
+    if rapo.max_steps is not None and rapo.max_steps < 0:
+        raise ValueError(f"rapo.max_steps must be >= 0 or null, got {rapo.max_steps}")
+    if rapo.learning_rate < 0 or sft.learning_rate < 0:
+        raise ValueError("learning rates (sft.learning_rate, rapo.learning_rate) must be >= 0")
+    if rapo.temperature <= 0:
+        raise ValueError(f"rapo.temperature must be > 0, got {rapo.temperature}")
+    if not 0 < rapo.top_p <= 1:
+        raise ValueError(f"rapo.top_p must lie in (0, 1], got {rapo.top_p}")
+    if not 0 <= rapo.eps_low < 1 or rapo.eps_high < 0:
+        raise ValueError(f"rapo.eps_low must lie in [0, 1) and rapo.eps_high >= 0, got {rapo.eps_low}, {rapo.eps_high}")
+    if rapo.beta < 0:
+        raise ValueError(f"rapo.beta must be >= 0, got {rapo.beta}")
+    from aesr1.loss import AGGREGATIONS
+
+    if rapo.aggregation not in AGGREGATIONS:
+        raise ValueError(f"rapo.aggregation must be one of {list(AGGREGATIONS)}, got {rapo.aggregation!r}")
+    if rapo.loss_backend not in ("auto", "triton", "torch"):
+        raise ValueError(f"rapo.loss_backend must be auto, triton or torch, got {rapo.loss_backend!r}")
+    weights = {"rank": reward.rank, "abs": reward.abs, "binary": reward.binary, "format": reward.format}
+    if any(w < 0 for w in weights.values()) or not any(w > 0 for w in weights.values()):
+        raise ValueError(f"reward weights must be >= 0 with at least one > 0, got {weights}")
+    if reward.sigma <= 0 or reward.binary_threshold <= 0:
+        raise ValueError("reward.sigma and reward.binary_threshold must be > 0")
+    if sft.epochs < 0:
+        raise ValueError(f"sft.epochs must be >= 0, got {sft.epochs}")
+    if sft.micro_batch_size < 1 or sft.global_batch_size < 1:
+        raise ValueError("sft.global_batch_size and sft.micro_batch_size must be >= 1")
+    if sft.global_batch_size % sft.micro_batch_size:
+        raise ValueError(
+            f"sft.global_batch_size ({sft.global_batch_size}) must be a multiple of "
+            f"sft.micro_batch_size ({sft.micro_batch_size}) times the number of processes"
+        )
+    if not 0 < config.data.test_fraction < 1:
+        raise ValueError(f"data.test_fraction must lie in (0, 1), got {config.data.test_fraction}")
+    if ev.num_samples < 1 or ev.batch_size < 1 or ev.interval < 0 or ev.temperature < 0:
+        raise ValueError("eval.num_samples and eval.batch_size must be >= 1, eval.interval and eval.temperature >= 0")
+    if config.save_interval < 1 or config.log_interval < 1:
+        raise ValueError("save_interval and log_interval must be >= 1")
+
+
+def validate_world_size(config: TrainConfig, world_size: int) -> None:
+    """Batch divisibility over processes: a group of K completions never spans two processes."""
+    rapo, k = config.rapo, config.rapo.num_generations
+    if rapo.mini_batch_size % (k * world_size):
+        raise ValueError(
+            f"rapo.mini_batch_size ({rapo.mini_batch_size}) must be a multiple of num_generations x processes "
+            f"({k} x {world_size}) so that every process holds whole groups"
+        )
+    if config.sft.global_batch_size % (config.sft.micro_batch_size * world_size):
+        raise ValueError(
+            f"sft.global_batch_size ({config.sft.global_batch_size}) must be a multiple of "
+            f"sft.micro_batch_size x processes ({config.sft.micro_batch_size} x {world_size})"
+        )
+
+
+def embedded_default() -> TrainConfig:
+    """The CPU configuration `python -m aesr1.train` runs with no arguments (see each override)."""
+    return TrainConfig(
+        output_dir="runs/aesr1-embedded",
+        save_interval=50,
+        model=ModelConfig(
+            # No download: the tiny Qwen2.5-VL of aesr1.modeling.tiny, float32 on CPU.
+            name_or_path=None,
+            dtype="float32",
+        ),
+        data=DataConfig(
+            spec="synthetic",
+            synthetic_n=3000,
+            # 56x56 px = 4 visual tokens after the 2x2 patch merger: cheap on CPU.
+            synthetic_image_size=56,
+            # A fixed held-out subset keeps each evaluation to seconds.
+            max_eval_images=300,
+            # Balanced bins as in AesCoT (Appendix E.2), sized to the synthetic training split.
+            cold_start_per_bin=700,
+        ),
+        sft=SFTConfig(
+            # Random initial weights: the cold start must also teach the language and the format,
+            # which one epoch at 1e-5 (tuned for a pretrained 7B model) cannot do.
+            epochs=5.0,
+            learning_rate=2e-3,
+            global_batch_size=32,
+            micro_batch_size=32,
+            warmup_ratio=0.05,
+            max_completion_length=96,
+        ),
+        rapo=RAPOConfig(
+            # A fraction of an epoch fits the time budget; lr large enough to move a tiny model.
+            epochs=10.0,
+            max_steps=200,
+            learning_rate=1e-4,
+            mini_batch_size=32,
+            steps_per_generation=2,
+            micro_batch_size=64,
+            # Template critiques are ~65 tokens; leave room for a little rambling.
+            max_completion_length=96,
+        ),
+        eval=EvalConfig(interval=50, num_samples=1, temperature=0.0, batch_size=150, max_completion_length=96),
+    )

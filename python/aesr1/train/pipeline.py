@@ -1,0 +1,250 @@
+"""The two-stage pipeline: data -> AesCoT cold start -> SFT -> RAPO -> held-out table and plot.
+
+Each stage leaves its model in `<output_dir>/<stage>/final` and a row in `<output_dir>/results.json`;
+with `resume`, finished stages are skipped and an interrupted one continues from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from aesr1.train.config import TrainConfig, validate_world_size
+from aesr1.train.evaluation import HeldOutResult, evaluate_policy
+
+ROW_TITLES = {"untrained": "untrained", "sft": "after SFT", "rapo": "after RAPO"}
+
+
+@dataclass
+class PipelineResult:
+    rows: dict[str, dict[str, Any]] = field(default_factory=dict)
+    table: str = ""
+    plot: Path | None = None
+    seconds: float = 0.0
+
+
+def check_model_path(path: str) -> None:
+    """A local vision-language checkpoint must exist (reads only config.json)."""
+    from transformers import AutoConfig
+
+    directory = Path(path)
+    if not (directory / "config.json").is_file():
+        raise FileNotFoundError(f"--model: {path!r} is not a local model directory (no config.json)")
+    config = AutoConfig.from_pretrained(directory, local_files_only=True)
+    if getattr(config, "vision_config", None) is None:
+        raise ValueError(
+            f"--model: {path!r} is a {config.model_type!r} model without a vision tower; Aes-R1 trains a "
+            "vision-language model such as Qwen2.5-VL"
+        )
+
+
+def preflight(config: TrainConfig, world_size: int = 1) -> None:
+    """Every check that needs no heavy work: config values, paths, model kind, batch divisibility."""
+    from aesr1.train.config import validate_config
+    from aesr1.train.data import check_data_spec
+
+    validate_config(config)
+    validate_world_size(config, world_size)
+    if config.model.name_or_path is not None:
+        check_model_path(config.model.name_or_path)
+    check_data_spec(config)
+
+
+def build_model(config: TrainConfig, corpus: list[str]):
+    """The tiny model (tokenizer trained on `corpus`) or the local checkpoint of `model.name_or_path`."""
+    if config.model.name_or_path is None:
+        from aesr1.modeling.tiny import TinyModelConfig, build_tiny_model
+
+        m = config.model
+        head_dim = 16
+        tiny = TinyModelConfig(
+            vocab_size=m.tiny_vocab_size, hidden_size=m.tiny_hidden_size, num_hidden_layers=m.tiny_layers,
+            num_attention_heads=m.tiny_hidden_size // head_dim, intermediate_size=m.tiny_intermediate_size,
+            num_key_value_heads=max(1, m.tiny_hidden_size // head_dim // 2),
+        )  # fmt: skip
+        return build_tiny_model(m.tiny_seed, vocab_corpus=corpus, config=tiny)
+    return load(config, config.model.name_or_path)
+
+
+def load(config: TrainConfig, path: str | Path):
+    from aesr1.modeling.loading import load_model
+
+    dtype = config.model.dtype if torch.cuda.is_available() else "float32"
+    return load_model(path, dtype=dtype, attn_implementation=config.model.attn_implementation)
+
+
+def format_table(rows: dict[str, dict[str, Any]]) -> str:
+    """Markdown table of PLCC / SRCC / parse-failure rate per stage."""
+
+    def number(value) -> str:
+        return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+
+    lines = ["| model | PLCC | SRCC | parse failures |", "|---|---|---|---|"]
+    for key in ("untrained", "sft", "rapo"):
+        if key in rows:
+            row = rows[key]
+            lines.append(
+                f"| {ROW_TITLES[key]} | {number(row['plcc'])} | {number(row['srcc'])} | "
+                f"{100 * row['parse_failure_rate']:.1f}% |"
+            )
+    return "\n".join(lines)
+
+
+def plot_distributions(results: dict[str, HeldOutResult], path: Path) -> Path:
+    """Predicted vs ground-truth score distributions on the held-out split (paper Fig. 1a style)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from scipy.stats import gaussian_kde
+
+    grid = np.linspace(0.0, 1.0, 201)
+    figure, axis = plt.subplots(figsize=(6.0, 3.8))
+    any_result = next(iter(results.values()))
+    curves = [("ground truth", any_result.gt, "black", "-")]
+    styles = {"untrained": ("#999999", ":"), "sft": ("#4c72b0", "--"), "rapo": ("#dd8452", "-")}
+    for key, result in results.items():
+        values = result.pred[np.isfinite(result.pred)]
+        curves.append((f"{ROW_TITLES[key]} (PLCC {result.plcc:.3f}, SRCC {result.srcc:.3f})", values, *styles[key]))
+    for label, values, colour, style in curves:
+        if values.size >= 2 and np.ptp(values) > 0:
+            axis.plot(grid, gaussian_kde(values)(grid), color=colour, linestyle=style, linewidth=1.8, label=label)
+        elif values.size:
+            axis.axvline(float(values.mean()), color=colour, linestyle=style, label=f"{label} (constant)")
+    axis.set_xlim(0, 1)
+    axis.set_xlabel("aesthetic score")
+    axis.set_ylabel("density")
+    axis.set_title("Held-out score distributions: prediction vs ground truth")
+    axis.legend(frameon=False, fontsize=7)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+class _Results:
+    """`results.json`: one row per evaluated stage, so a resumed run does not evaluate again."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rows: dict[str, dict[str, Any]] = json.loads(path.read_text()) if path.exists() else {}
+
+    def save(self, key: str, result: HeldOutResult) -> None:
+        row = result.metrics()
+        row.update(images=result.images, pred=[None if math.isnan(p) else p for p in result.pred.tolist()],
+                   gt=result.gt.tolist())  # fmt: skip
+        self.rows[key] = row
+        self.path.write_text(json.dumps(self.rows, indent=1))
+
+    def held_out(self, key: str) -> HeldOutResult:
+        import numpy as np
+
+        row = self.rows[key]
+        pred = np.array([math.nan if p is None else p for p in row["pred"]], dtype=np.float64)
+        return HeldOutResult(
+            plcc=math.nan if row["plcc"] is None else row["plcc"],
+            srcc=math.nan if row["srcc"] is None else row["srcc"],
+            parse_failure_rate=row["parse_failure_rate"], images=row["images"], scored=int(row["scored"]),
+            pred=pred, gt=np.array(row["gt"], dtype=np.float64),
+        )  # fmt: skip
+
+
+def _clean_nan(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+
+
+def run_pipeline(config: TrainConfig, *, resume: bool = False, stages: tuple[str, ...] = ("sft", "rapo")):
+    """Run the whole pipeline; returns the table rows, the printed table and the plot path."""
+    from accelerate import Accelerator
+    from accelerate.state import PartialState
+
+    from aesr1.train.data import cold_start_records, load_items
+    from aesr1.train.rapo import RAPOTrainer
+    from aesr1.train.sft import run_sft
+
+    started = time.time()
+    state = PartialState()
+    preflight(config, state.num_processes)
+    torch.manual_seed(config.seed)
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with state.main_process_first():
+        train, test = load_items(config, out)
+        rows = cold_start_records(config, train, out) if config.sft.epochs > 0 and "sft" in stages else []
+    if state.is_main_process:
+        (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
+        print(f"[data] {len(train)} training images, {len(test)} held-out, {len(rows)} cold-start records")
+    results = _Results(out / "results.json")
+
+    def evaluate(model, processor, key: str | None, accelerator=None) -> HeldOutResult:
+        result = evaluate_policy(
+            model, processor, test, config.eval, accelerator=accelerator, seed=config.seed,
+            progress=config.progress and state.is_main_process,
+        )  # fmt: skip
+        if key is not None and state.is_main_process:
+            results.save(key, result)
+            print(f"[eval] {ROW_TITLES[key]}: PLCC {result.plcc:.4f} SRCC {result.srcc:.4f} "
+                  f"parse failures {100 * result.parse_failure_rate:.1f}%")  # fmt: skip
+        return result
+
+    initial_dir = out / "initial"
+    if config.model.name_or_path is None and (initial_dir / "config.json").exists():
+        model, processor = load(config, initial_dir)
+    else:
+        corpus = [r["completion"] for r in rows]
+        model, processor = build_model(config, corpus)
+        if config.model.name_or_path is None and state.is_main_process:
+            model.save_pretrained(initial_dir)
+            processor.save_pretrained(initial_dir)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    if config.eval.evaluate_untrained and "untrained" not in results.rows:
+        evaluate(model.to(accelerator.device), processor, "untrained", accelerator)
+
+    sft_final = out / "sft" / "final"
+    if "sft" in stages and config.sft.epochs > 0:
+        if not (resume and (sft_final / "config.json").exists()):
+            run_sft(config, model, processor, rows, out / "sft", resume=resume)
+        del model
+        model, processor = load(config, sft_final)
+        if "sft" not in results.rows:
+            evaluate(model.to(accelerator.device), processor, "sft", accelerator)
+        policy_source = sft_final
+    else:
+        policy_source = Path(config.model.name_or_path) if config.model.name_or_path else initial_dir
+
+    rapo_final = out / "rapo" / "final"
+    if "rapo" in stages and (config.rapo.epochs > 0) and config.rapo.max_steps != 0:
+        if not (resume and (rapo_final / "config.json").exists()):
+            ref_model = None
+            if config.rapo.beta > 0:
+                ref_model, _ = load(config, policy_source)
+            trainer = RAPOTrainer(
+                config, model, processor, train, ref_model=ref_model, output_dir=out / "rapo",
+                accelerator=accelerator,
+                evaluate_fn=lambda m, step: _clean_nan(evaluate(m, processor, None, accelerator).metrics()),
+            )  # fmt: skip
+            trainer.train(resume=resume)
+            trainer.save_model(rapo_final)
+            trainer.close()
+            model = accelerator.unwrap_model(trainer.model)
+            del trainer
+        else:
+            model, processor = load(config, rapo_final)
+        if "rapo" not in results.rows:
+            evaluate(model.to(accelerator.device), processor, "rapo", accelerator)
+
+    result = PipelineResult(rows={k: v for k, v in results.rows.items()}, seconds=time.time() - started)
+    result.table = format_table(result.rows)
+    if state.is_main_process:
+        held_out = {k: results.held_out(k) for k in ("untrained", "sft", "rapo") if k in results.rows}
+        result.plot = plot_distributions(held_out, out / "score_distributions.png")
+        (out / "table.md").write_text(result.table + "\n")
+    return result

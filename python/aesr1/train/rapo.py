@@ -1,0 +1,436 @@
+"""Stage 2: RAPO (paper §3.3, Eq. 3-12) as a small training loop on `accelerate`.
+
+One *generation round*:
+
+1. each process takes its share of `images_per_generation` images (whole groups: a group of K
+   completions never spans two processes) and samples K completions per image with `generate`;
+2. rewards of the whole generation batch, gathered across processes (`rank_scope="global"`), and
+   group advantages (Eq. 9), via `aesr1.rewards.rapo` (`aesr1.train.scoring`);
+3. old log-probs from the policy that generated the rollouts (one no-grad forward, skipped when the
+   round feeds a single optimiser step: then the ratio is exactly 1 and `old_logp=None`) and
+   reference log-probs from the frozen SFT checkpoint;
+4. `steps_per_generation` optimiser steps on mini-batches of the round, each a sum of micro-batches
+   whose `aesr1.loss.rapo_loss` (Eq. 10-12) is normalised by the global mini-batch, so gradient
+   accumulation and several processes give the gradient of one big batch. Entropy, KL and clip
+   fractions come from that same loss pass.
+
+Why not trl's `GRPOTrainer`: see the README section "Why RAPO has its own loop" (measured); in short,
+rank rewards over the gathered generation batch with whole groups per process, checkpoints that
+carry the data position and resume bit-identically, and our fused loss with its metrics all need
+overrides of its private methods.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import shutil
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from aesr1.data.records import ScoredImage
+from aesr1.train.batching import chunks, select_rows, to_device
+from aesr1.train.config import TrainConfig, validate_world_size
+from aesr1.train.scoring import score_rollouts
+from aesr1.train.tracking import MetricsLogger
+
+#: Chat special tokens a policy must never sample (an extra image placeholder breaks the next forward).
+NEVER_SAMPLE = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|im_start|>")
+
+
+@contextmanager
+def suppressed_tokens(model, processor):
+    """Temporarily add the vision/chat special tokens to `generation_config.suppress_tokens`."""
+    tokenizer = processor.tokenizer
+    unk = tokenizer.unk_token_id
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in NEVER_SAMPLE]
+    ids = [i for i in ids if isinstance(i, int) and i >= 0 and i != unk]
+    config = model.generation_config
+    before = config.suppress_tokens
+    config.suppress_tokens = sorted(set(before or []) | set(ids))
+    try:
+        yield
+    finally:
+        config.suppress_tokens = before
+
+
+class DataPosition:
+    """Where the rollout sampler stands: epoch and index into that epoch's seeded permutation.
+
+    Registered with `accelerator.register_for_checkpointing`, so `save_state`/`load_state` carry it.
+    """
+
+    def __init__(self, num_items: int, seed: int) -> None:
+        self.num_items = num_items
+        self.seed = seed
+        self.epoch = 0
+        self.index = 0
+        self.round = 0
+        self.step = 0
+
+    def _order(self, epoch: int) -> list[int]:
+        order = list(range(self.num_items))
+        random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+        return order
+
+    def take(self, count: int) -> list[int]:
+        """The next `count` item indices, continuing into the next epoch's permutation when needed."""
+        out: list[int] = []
+        while len(out) < count:
+            order = self._order(self.epoch)
+            need = count - len(out)
+            out.extend(order[self.index : self.index + need])
+            self.index += need
+            if self.index >= self.num_items:
+                self.epoch += 1
+                self.index = 0
+        return out
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "index": self.index, "round": self.round, "step": self.step,
+                "num_items": self.num_items, "seed": self.seed}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if state["num_items"] != self.num_items or state["seed"] != self.seed:
+            raise ValueError(
+                f"checkpoint was written for {state['num_items']} training images with seed {state['seed']}, "
+                f"this run has {self.num_items} with seed {self.seed}: resume with the same data and seed"
+            )
+        self.epoch, self.index = state["epoch"], state["index"]
+        self.round, self.step = state["round"], state["step"]
+
+
+@dataclass
+class Round:
+    """The rollouts of one generation round on this process."""
+
+    batch: dict[str, Any]
+    texts: list[str]
+    advantages: torch.Tensor
+    old_logp: torch.Tensor | None
+    ref_logp: torch.Tensor | None
+    stats: dict[str, float]
+
+
+def completion_logits(model, batch: dict[str, Any]) -> torch.Tensor:
+    """Logits (B, T, V) scoring `batch["completion_ids"]`; only the last T+1 positions go through lm_head."""
+    from aesr1.modeling.chat import model_inputs
+
+    width = batch["completion_ids"].shape[1]
+    output = model(**model_inputs(batch), use_cache=False, logits_to_keep=width + 1)
+    return output.logits[:, :-1]
+
+
+def _rows(values: torch.Tensor | None, rows: list[int], width: int) -> torch.Tensor | None:
+    return None if values is None else values[rows][:, :width]
+
+
+def list_checkpoints(directory: Path) -> list[Path]:
+    found = [p for p in directory.glob("checkpoint-*") if p.is_dir() and (p / "COMPLETE").exists()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+
+
+class RAPOTrainer:
+    """RAPO on a policy initialised from the SFT checkpoint, against that checkpoint as reference.
+
+    Args:
+        config: the run configuration (`rapo`, `reward`, `eval` sections are used).
+        model: the policy (a Qwen2.5-VL-style `...ForConditionalGeneration`).
+        processor: its processor.
+        ref_model: frozen reference (the SFT checkpoint); None when `rapo.beta == 0`.
+        train_items / eval_items: training images and the held-out split.
+        output_dir: checkpoints go to `<output_dir>/checkpoint-<step>`, logs beside them.
+        accelerator: an `accelerate.Accelerator` (one is made when None).
+        evaluate_fn: `f(model, step) -> dict` called at `eval.interval` (held-out PLCC/SRCC).
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        model,
+        processor,
+        train_items: list[ScoredImage],
+        *,
+        ref_model=None,
+        output_dir: str | Path,
+        accelerator=None,
+        evaluate_fn=None,
+    ) -> None:
+        from accelerate import Accelerator
+        from transformers import get_scheduler
+
+        self.config = config
+        self.cfg = config.rapo
+        self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+        validate_world_size(config, self.accelerator.num_processes)
+        if len(train_items) < self.cfg.images_per_generation:
+            raise ValueError(
+                f"RAPO needs at least images_per_generation = {self.cfg.images_per_generation} training images, "
+                f"got {len(train_items)} (lower rapo.mini_batch_size or rapo.steps_per_generation)"
+            )
+        if self.cfg.beta > 0 and ref_model is None:
+            raise ValueError("rapo.beta > 0 needs a reference model (the SFT checkpoint)")
+        self.processor = processor
+        self.train_items = list(train_items)
+        self.output_dir = Path(output_dir)
+        self.evaluate_fn = evaluate_fn
+        self.position = DataPosition(len(self.train_items), config.seed)
+
+        images_per_round = self.cfg.images_per_generation
+        rounds = math.ceil(self.cfg.epochs * len(self.train_items) / images_per_round)
+        if self.cfg.max_steps is not None:
+            rounds = min(rounds, math.ceil(self.cfg.max_steps / self.cfg.steps_per_generation))
+        self.total_rounds = rounds
+        self.total_steps = rounds * self.cfg.steps_per_generation
+
+        if config.model.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        optimizer = torch.optim.AdamW(
+            [p for p in model.parameters() if p.requires_grad],
+            lr=self.cfg.learning_rate,
+            weight_decay=self.cfg.weight_decay,
+        )
+        scheduler = get_scheduler(
+            self.cfg.lr_scheduler, optimizer, num_warmup_steps=self.cfg.warmup_steps,
+            num_training_steps=max(1, self.total_steps),
+        )  # fmt: skip
+        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
+        self.ref_model = None
+        if ref_model is not None and self.cfg.beta > 0:
+            ref_model.requires_grad_(False)
+            ref_model.eval()
+            self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
+        self.accelerator.register_for_checkpointing(self.position)
+        self.logger = MetricsLogger(
+            self.output_dir, "rapo", enabled=self.accelerator.is_main_process, tensorboard=config.tensorboard
+        )
+
+    # ------------------------------------------------------------------------------------------------
+    # Rollouts
+
+    def _local_share(self, indices: list[int]) -> list[int]:
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        per = len(indices) // world
+        return indices[rank * per : (rank + 1) * per]
+
+    @torch.no_grad()
+    def _logprobs(self, model, batch: dict[str, Any]) -> torch.Tensor:
+        from aesr1.loss import token_logprobs
+
+        rows = batch["completion_ids"].shape[0]
+        width = batch["completion_ids"].shape[1]
+        out = torch.zeros(rows, width, dtype=torch.float32, device=self.accelerator.device)
+        for part in chunks(rows, self.cfg.micro_batch_size):
+            sub = select_rows(batch, list(part))
+            logits = completion_logits(model, sub)
+            logp = token_logprobs(logits, sub["completion_ids"], temperature=self.cfg.temperature,
+                                  backend=self.cfg.loss_backend)  # fmt: skip
+            out[part.start : part.stop, : logp.shape[1]] = logp.float()
+        return out
+
+    def generate_round(self, round_index: int) -> Round:
+        """Sample, score and precompute log-probs for one generation round (all processes together)."""
+        from trl.models import unwrap_model_for_generation
+
+        from aesr1.generation import SamplingConfig, generate_rollouts
+
+        cfg = self.cfg
+        indices = self._local_share(self.position.take(cfg.images_per_generation))
+        items = [self.train_items[i] for i in indices]
+        sampling = SamplingConfig(
+            num_samples=cfg.num_generations, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+            max_new_tokens=cfg.max_completion_length, do_sample=True,
+        )  # fmt: skip
+        # Seeded per (run seed, round, process): a resumed run samples exactly what the killed one would have.
+        seed = (self.config.seed * 1_000_003 + round_index) * 1009 + self.accelerator.process_index
+        self.model.eval()
+        with unwrap_model_for_generation(self.model, self.accelerator) as unwrapped:
+            with suppressed_tokens(unwrapped, self.processor):
+                rollout = generate_rollouts(unwrapped, self.processor, [i.image for i in items], sampling, seed=seed)
+        batch = to_device(rollout.batch, self.accelerator.device)
+        scored = score_rollouts(
+            rollout.texts, [i.score for i in items], cfg.num_generations, self.config.reward, self.accelerator
+        )
+        mask = batch["completion_mask"].float()
+        lengths = self.accelerator.gather(mask.sum(dim=1)).float()
+        stats = dict(scored.stats)
+        stats.update({"completion_length/mean": lengths.mean().item(), "completion_length/max": lengths.max().item()})
+        stats["completion_length/clipped"] = (lengths >= cfg.max_completion_length).float().mean().item()
+        old_logp = self._logprobs(self.model, batch) if cfg.steps_per_generation > 1 else None
+        ref_logp = self._logprobs(self.ref_model, batch) if self.ref_model is not None else None
+        advantages = torch.tensor(scored.advantages, dtype=torch.float32, device=self.accelerator.device)
+        return Round(batch, rollout.texts, advantages, old_logp, ref_logp, stats)
+
+    # ------------------------------------------------------------------------------------------------
+    # Optimisation
+
+    def _mini_batches(self, rows: int, round_index: int) -> list[list[int]]:
+        order = list(range(rows))
+        if self.cfg.shuffle_mini_batches:
+            random.Random((self.config.seed + 17) * 7919 + round_index).shuffle(order)
+        per = rows // self.cfg.steps_per_generation
+        return [order[s * per : (s + 1) * per] for s in range(self.cfg.steps_per_generation)]
+
+    def optimiser_step(self, data: Round, rows: list[int]) -> dict[str, float]:
+        """One optimiser step on this process's `rows` of the round; returns globally averaged metrics."""
+        from aesr1.loss import rapo_loss
+
+        cfg, acc = self.cfg, self.accelerator
+        self.model.train()
+        mask_all = data.batch["completion_mask"]
+        local_tokens = mask_all[rows].sum().float()
+        global_tokens = acc.reduce(local_tokens.clone(), reduction="sum")
+        # DDP averages gradients over processes: per-process normalisers are global / world.
+        num_sequences = float(len(rows))
+        num_tokens = (global_tokens / acc.num_processes).item()
+        parts = chunks(len(rows), cfg.micro_batch_size)
+        totals = {"loss": 0.0}
+        weighted = {name: 0.0 for name in ("kl", "clip_frac_low", "clip_frac_high", "entropy", "ratio_mean")}
+        ratio_min, ratio_max = math.inf, -math.inf
+        tokens_seen = 0.0
+        for number, part in enumerate(parts):
+            sub_rows = [rows[i] for i in part]
+            sub = select_rows(data.batch, sub_rows)
+            width = sub["completion_ids"].shape[1]
+
+            sync = number == len(parts) - 1
+            context = nullcontext() if sync else acc.no_sync(self.model)
+            with context:
+                logits = completion_logits(self.model, sub)
+                loss, metrics = rapo_loss(
+                    logits, sub["completion_ids"], _rows(data.old_logp, sub_rows, width),
+                    _rows(data.ref_logp, sub_rows, width),
+                    data.advantages[sub_rows], sub["completion_mask"],
+                    eps_low=cfg.eps_low, eps_high=cfg.eps_high, beta=cfg.beta, temperature=cfg.temperature,
+                    aggregation=cfg.aggregation, kl_clamp=cfg.kl_clamp, num_sequences=num_sequences,
+                    num_tokens=num_tokens, max_completion_length=cfg.max_completion_length,
+                    backend=cfg.loss_backend,
+                )  # fmt: skip
+                acc.backward(loss)
+            tokens = float(sub["completion_mask"].sum())
+            tokens_seen += tokens
+            totals["loss"] += loss.item()
+            for name in weighted:
+                weighted[name] += metrics[name].item() * tokens
+            ratio_min = min(ratio_min, metrics["ratio_min"].item())
+            ratio_max = max(ratio_max, metrics["ratio_max"].item())
+        grad_norm = acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+        local = [totals["loss"]] + [weighted[n] for n in weighted] + [tokens_seen]
+        summed = acc.reduce(torch.tensor(local, dtype=torch.float64, device=acc.device), reduction="sum").tolist()
+        out = {"loss": summed[0] / acc.num_processes}
+        tokens_all = max(summed[-1], 1.0)
+        for name, value in zip(weighted, summed[1:-1], strict=True):
+            out[name] = value / tokens_all
+        extremes = acc.gather(torch.tensor([[-ratio_min, ratio_max]], dtype=torch.float64, device=acc.device))
+        out["ratio_min"] = -extremes[:, 0].max().item()
+        out["ratio_max"] = extremes[:, 1].max().item()
+        out["clip_frac"] = out["clip_frac_low"] + out["clip_frac_high"]
+        out["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
+        return out
+
+    # ------------------------------------------------------------------------------------------------
+    # Checkpoints
+
+    @property
+    def checkpoint_root(self) -> Path:
+        return self.output_dir
+
+    def save_checkpoint(self) -> Path:
+        acc = self.accelerator
+        path = self.checkpoint_root / f"checkpoint-{self.position.step}"
+        acc.wait_for_everyone()
+        acc.save_state(str(path))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            (path / "COMPLETE").write_text(str(self.position.step))  # a kill mid-save leaves no COMPLETE
+            for old in list_checkpoints(self.checkpoint_root)[: -self.config.save_total_limit]:
+                shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
+        return path
+
+    def latest_checkpoint(self) -> Path | None:
+        found = list_checkpoints(self.checkpoint_root)
+        return found[-1] if found else None
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        self.accelerator.load_state(str(path))
+        self.logger.truncate_after(self.position.step)
+
+    # ------------------------------------------------------------------------------------------------
+
+    def train(self, resume: bool | str | Path = False) -> dict[str, Any]:
+        """Run (or, with `resume`, continue) RAPO; returns the last logged metrics."""
+        acc = self.accelerator
+        if resume:
+            path = self.latest_checkpoint() if resume is True else Path(resume)
+            if path is not None:
+                self.load_checkpoint(path)
+                if acc.is_main_process:
+                    print(f"[rapo] resumed from {path} at step {self.position.step}")
+        bar = None
+        if self.config.progress and acc.is_main_process:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=self.total_steps, initial=self.position.step, desc="RAPO", unit="step", dynamic_ncols=True)
+        last: dict[str, Any] = {}
+        next_eval = self._next_multiple(self.position.step, self.config.eval.interval)
+        next_save = self._next_multiple(self.position.step, self.config.save_interval)
+        while self.position.round < self.total_rounds:
+            round_index = self.position.round
+            data = self.generate_round(round_index)
+            rows = data.batch["completion_ids"].shape[0]
+            for mini in self._mini_batches(rows, round_index):
+                metrics = self.optimiser_step(data, mini)
+                self.position.step += 1
+                metrics.update(data.stats)
+                metrics["lr"] = self.scheduler.get_last_lr()[0]
+                metrics["round"] = round_index
+                metrics["epoch"] = self.position.epoch + self.position.index / len(self.train_items)
+                if self.position.step % self.config.log_interval == 0:
+                    self.logger.log(self.position.step, metrics)
+                last = metrics
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(reward=f"{metrics['reward/total']:.3f}", kl=f"{metrics['kl']:.4f}",
+                                    clip=f"{metrics['clip_frac']:.3f}", unparse=f"{metrics['unparseable']:.2f}")  # fmt: skip
+            self.position.round += 1
+            if self.evaluate_fn is not None and next_eval is not None and self.position.step >= next_eval:
+                result = self.evaluate_fn(acc.unwrap_model(self.model), self.position.step)
+                self.logger.log(self.position.step, {f"eval/{k}": v for k, v in result.items()})
+                next_eval = self._next_multiple(self.position.step, self.config.eval.interval)
+            if self.position.step >= next_save and self.position.round < self.total_rounds:
+                self.save_checkpoint()
+                next_save = self._next_multiple(self.position.step, self.config.save_interval)
+        if bar is not None:
+            bar.close()
+        self.logger.flush()
+        return last
+
+    @staticmethod
+    def _next_multiple(step: int, interval: int) -> int | None:
+        if interval <= 0:
+            return None
+        return (step // interval + 1) * interval
+
+    def save_model(self, path: str | Path) -> None:
+        """The trained policy as a `from_pretrained` directory (with its processor)."""
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        unwrapped = acc.unwrap_model(self.model)
+        state = acc.get_state_dict(self.model)
+        if acc.is_main_process:
+            unwrapped.save_pretrained(str(path), state_dict=state)
+            self.processor.save_pretrained(str(path))
+        acc.wait_for_everyone()
+
+    def close(self) -> None:
+        self.logger.close()
+

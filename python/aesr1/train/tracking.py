@@ -1,0 +1,86 @@
+"""Step logging: one JSONL line per logged step, TensorBoard scalars, and a console summary.
+
+Only the main process writes. On resume the JSONL file is cut back to the checkpoint's step so a
+killed run leaves no duplicate steps behind.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _clean(value: Any) -> Any:
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN; null reads back as "not available"
+    return value
+
+
+class MetricsLogger:
+    """Appends `{"stage", "step", "time", **metrics}` to `<dir>/metrics.jsonl` and TensorBoard.
+
+    Args:
+        log_dir: directory of the JSONL file and the TensorBoard event files.
+        stage: prefix of every record and TensorBoard tag (e.g. "rapo").
+        enabled: False on non-main processes.
+        tensorboard: also write TensorBoard scalars.
+    """
+
+    def __init__(self, log_dir: str | Path, stage: str, *, enabled: bool = True, tensorboard: bool = True):
+        self.stage = stage
+        self.enabled = enabled
+        self.path = Path(log_dir) / f"{stage}_metrics.jsonl"
+        self._writer = None
+        self._start = time.time()
+        if enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._writer = SummaryWriter(log_dir=str(Path(log_dir) / "tensorboard" / stage))
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records of steps after `step` (written by a run that was killed after its checkpoint)."""
+        if not self.enabled or not self.path.exists():
+            return
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by the kill
+            if record.get("step", 0) <= step:
+                kept.append(line)
+        self.path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        record = {"stage": self.stage, "step": step, "time": round(time.time() - self._start, 3)}
+        record.update({key: _clean(value) for key, value in metrics.items()})
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self._writer is not None:
+            for key, value in record.items():
+                if key in ("stage", "step", "time") or not isinstance(value, (int, float)):
+                    continue
+                self._writer.add_scalar(f"{self.stage}/{key}", value, step)
+
+    def flush(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a metrics JSONL file."""
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
