@@ -236,77 +236,93 @@ fn order_key(v: f64) -> u64 {
     }
 }
 
-/// Indices of `v` in ascending order, with their keys (equal values have equal keys).
-fn sorted_keys(v: &[f64]) -> Vec<(u64, u32)> {
-    let mut pairs: Vec<(u64, u32)> = v
-        .iter()
-        .enumerate()
-        .map(|(i, &a)| (order_key(a), i as u32))
-        .collect();
-    radix_sort(&mut pairs);
-    pairs
+/// The ascending order of a series: sorted keys (equal values have equal keys) and the index of
+/// each, as separate arrays (less memory traffic per radix pass than pairs).
+struct Sorted {
+    keys: Vec<u64>,
+    order: Vec<u32>,
 }
 
-/// Stable LSD radix sort on the 64-bit key, 16 bits per pass, skipping passes whose digit is the
-/// same for every element (common for scores in [0, 1], whose top bits agree).
-fn radix_sort(pairs: &mut Vec<(u64, u32)>) {
-    const BITS: u32 = 16;
+impl Sorted {
+    fn new(v: &[f64]) -> Self {
+        let mut keys: Vec<u64> = v.iter().map(|&a| order_key(a)).collect();
+        let mut order: Vec<u32> = (0..v.len() as u32).collect();
+        radix_sort(&mut keys, &mut order);
+        Self { keys, order }
+    }
+
+    /// Runs of equal keys, as (start, end) half-open ranges.
+    fn tie_runs(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        let keys = &self.keys;
+        let mut start = 0;
+        std::iter::from_fn(move || {
+            if start >= keys.len() {
+                return None;
+            }
+            let key = keys[start];
+            let end = start + keys[start..].iter().take_while(|&&k| k == key).count();
+            let run = (start, end);
+            start = end;
+            Some(run)
+        })
+    }
+}
+
+/// Stable LSD radix sort of `keys`, carrying `order` along: 8 bits per pass (256 buckets keep
+/// the scatter in cache), skipping passes whose digit is the same for every element (common for
+/// scores in [0, 1], whose top bits agree). All histograms come from one read of the keys.
+fn radix_sort(keys: &mut Vec<u64>, order: &mut Vec<u32>) {
+    const BITS: u32 = 8;
     const BUCKETS: usize = 1 << BITS;
-    if pairs.len() < 256 {
+    const PASSES: usize = 64 / BITS as usize;
+    let n = keys.len();
+    if n < 256 {
+        let mut pairs: Vec<(u64, u32)> = keys.iter().copied().zip(order.iter().copied()).collect();
         pairs.sort_unstable();
+        (*keys, *order) = pairs.into_iter().unzip();
         return;
     }
-    let mut scratch = vec![(0u64, 0u32); pairs.len()];
-    let mut counts = vec![0usize; BUCKETS];
-    for pass in 0..(64 / BITS) {
-        let shift = pass * BITS;
-        counts.fill(0);
-        for &(k, _) in pairs.iter() {
-            counts[((k >> shift) as usize) & (BUCKETS - 1)] += 1;
+    let mut counts = vec![[0usize; BUCKETS]; PASSES];
+    for &k in keys.iter() {
+        for (pass, c) in counts.iter_mut().enumerate() {
+            c[((k >> (pass as u32 * BITS)) as usize) & (BUCKETS - 1)] += 1;
         }
-        if counts.contains(&pairs.len()) {
+    }
+    let mut next_keys = vec![0u64; n];
+    let mut next_order = vec![0u32; n];
+    for (pass, c) in counts.iter_mut().enumerate() {
+        if c.contains(&n) {
             continue;
         }
         let mut sum = 0;
-        for c in counts.iter_mut() {
-            let here = *c;
-            *c = sum;
+        for slot in c.iter_mut() {
+            let here = *slot;
+            *slot = sum;
             sum += here;
         }
-        for &(k, i) in pairs.iter() {
+        let shift = pass as u32 * BITS;
+        for (&k, &i) in keys.iter().zip(order.iter()) {
             let d = ((k >> shift) as usize) & (BUCKETS - 1);
-            scratch[counts[d]] = (k, i);
-            counts[d] += 1;
+            let to = c[d];
+            next_keys[to] = k;
+            next_order[to] = i;
+            c[d] += 1;
         }
-        std::mem::swap(pairs, &mut scratch);
+        std::mem::swap(keys, &mut next_keys);
+        std::mem::swap(order, &mut next_order);
     }
-}
-
-/// Runs of equal keys in a sorted key list, as (start, end) half-open ranges.
-fn tie_runs(sorted: &[(u64, u32)]) -> impl Iterator<Item = (usize, usize)> + '_ {
-    let mut start = 0;
-    std::iter::from_fn(move || {
-        if start >= sorted.len() {
-            return None;
-        }
-        let key = sorted[start].0;
-        let end = start + sorted[start..].iter().take_while(|p| p.0 == key).count();
-        let run = (start, end);
-        start = end;
-        Some(run)
-    })
 }
 
 /// Twice the average rank (1-based) of each element: ties share the mean of their ranks, and
 /// doubling makes it an integer.
 fn doubled_average_ranks(v: &[f64]) -> Vec<u64> {
-    let sorted = sorted_keys(v);
+    let sorted = Sorted::new(v);
     let mut ranks = vec![0u64; v.len()];
-    for (start, end) in tie_runs(&sorted) {
+    for (start, end) in sorted.tie_runs() {
         // Ranks start+1 ..= end: mean (start + 1 + end) / 2.
         let doubled = (start + 1 + end) as u64;
-        for p in &sorted[start..end] {
-            ranks[p.1 as usize] = doubled;
+        for &i in &sorted.order[start..end] {
+            ranks[i as usize] = doubled;
         }
     }
     ranks
@@ -340,56 +356,50 @@ fn spearman(x: &[f64], y: &[f64]) -> f64 {
 // ---------------------------------------------------------------------------------------------
 // Kendall
 
-/// Dense ranks (0, 1, 2, … over distinct values) in ascending order of `v`, the order itself,
-/// and the number of tied pairs Σ c(c−1)/2.
-fn dense_ranks(v: &[f64]) -> (Vec<u32>, Vec<u32>, u64) {
-    let sorted = sorted_keys(v);
-    let mut ranks = vec![0u32; v.len()];
+/// Σ c(c−1)/2 over runs of c equal values in a sorted sequence.
+fn tied_pairs<T: PartialEq>(sorted: &[T]) -> u64 {
     let mut ties = 0u64;
-    for (dense, (start, end)) in tie_runs(&sorted).enumerate() {
-        let c = (end - start) as u64;
-        ties += c * (c - 1) / 2;
-        for p in &sorted[start..end] {
-            ranks[p.1 as usize] = dense as u32;
-        }
+    let mut start = 0;
+    while start < sorted.len() {
+        let c = sorted[start..]
+            .iter()
+            .take_while(|&v| *v == sorted[start])
+            .count();
+        ties += (c as u64) * (c as u64 - 1) / 2;
+        start += c;
     }
-    let order = sorted.into_iter().map(|p| p.1).collect();
-    (ranks, order, ties)
+    ties
 }
 
 /// Kendall's tau-b, reproducing `scipy.stats.kendalltau`'s float arithmetic exactly.
+///
+/// Sort by x (one radix sort), take y's keys in that order with each run of equal x sorted by y;
+/// then the discordant pairs are exactly the strict inversions of that sequence (merge sort),
+/// which leaves the sequence sorted, so y's ties can be counted from it.
 fn kendall_tau_b(x: &[f64], y: &[f64]) -> f64 {
     let n = x.len() as u64;
-    let ((rx, order_x, xtie), (ry, _, ytie)) = rayon::join(|| dense_ranks(x), || dense_ranks(y));
+    let by_x = Sorted::new(x);
+    let mut seq: Vec<u64> = by_x
+        .order
+        .iter()
+        .map(|&i| order_key(y[i as usize]))
+        .collect();
+    let (mut xtie, mut ntie) = (0u64, 0u64);
+    for (start, end) in by_x.tie_runs() {
+        if end - start > 1 {
+            let c = (end - start) as u64;
+            xtie += c * (c - 1) / 2;
+            let run = &mut seq[start..end];
+            run.sort_unstable();
+            ntie += tied_pairs(run);
+        }
+    }
+    let dis = count_inversions(&mut seq);
+    let ytie = tied_pairs(&seq);
     let tot = n * (n - 1) / 2;
     if xtie == tot || ytie == tot {
         return f64::NAN;
     }
-    // y's dense ranks in order of x, ascending y within runs of equal x: then the discordant pairs
-    // are exactly the strict inversions of the sequence.
-    let mut seq: Vec<u32> = order_x.iter().map(|&i| ry[i as usize]).collect();
-    let mut ntie = 0u64;
-    let mut start = 0;
-    while start < seq.len() {
-        let run_x = rx[order_x[start] as usize];
-        let end = start
-            + order_x[start..]
-                .iter()
-                .take_while(|&&i| rx[i as usize] == run_x)
-                .count();
-        let run = &mut seq[start..end];
-        if run.len() > 1 {
-            run.sort_unstable();
-            let mut s = 0;
-            while s < run.len() {
-                let c = run[s..].iter().take_while(|&&v| v == run[s]).count() as u64;
-                ntie += c * (c - 1) / 2;
-                s += c as usize;
-            }
-        }
-        start = end;
-    }
-    let dis = count_inversions(&mut seq);
     // SciPy: con_minus_dis = tot - xtie - ytie + ntie - 2 * dis (Python ints), then
     // tau = con_minus_dis / np.sqrt(tot - xtie) / np.sqrt(tot - ytie), clipped to [-1, 1].
     let con_minus_dis = tot as i128 - xtie as i128 - ytie as i128 + ntie as i128 - 2 * dis as i128;
@@ -397,55 +407,97 @@ fn kendall_tau_b(x: &[f64], y: &[f64]) -> f64 {
     tau.clamp(-1.0, 1.0)
 }
 
-/// Number of pairs p < q with v[p] > v[q]; sorts `v`. Merge sort, halves in parallel.
-fn count_inversions(v: &mut [u32]) -> u64 {
-    let mut scratch = vec![0u32; v.len()];
-    inversions_rec(v, &mut scratch)
+/// Number of pairs p < q with v[p] > v[q]; sorts `v`. Merge sort with branch-free merges,
+/// ping-ponging between `v` and one scratch buffer, halves in parallel near the top.
+fn count_inversions(v: &mut [u64]) -> u64 {
+    let mut scratch = vec![0u64; v.len()];
+    sort_in_place(v, &mut scratch)
 }
 
-fn inversions_rec(v: &mut [u32], scratch: &mut [u32]) -> u64 {
-    let n = v.len();
-    if n <= 32 {
-        // Insertion sort; each shift past a larger element is one inversion.
-        let mut inv = 0u64;
-        for i in 1..n {
-            let x = v[i];
-            let mut j = i;
-            while j > 0 && v[j - 1] > x {
-                v[j] = v[j - 1];
-                j -= 1;
-            }
-            inv += (i - j) as u64;
-            v[j] = x;
-        }
-        return inv;
+/// Below this length runs are sorted by insertion.
+const LEAF: usize = 16;
+/// Above this length the halves are sorted in parallel.
+const PARALLEL_LEN: usize = 1 << 16;
+
+/// Sorts `v` (using `tmp` as scratch); returns its inversions.
+fn sort_in_place(v: &mut [u64], tmp: &mut [u64]) -> u64 {
+    if v.len() <= LEAF {
+        return insertion_sort(v);
     }
-    let mid = n / 2;
-    let (left, right) = v.split_at_mut(mid);
-    let (sl, sr) = scratch.split_at_mut(mid);
-    let (a, b) = if n >= 1 << 15 {
-        rayon::join(|| inversions_rec(left, sl), || inversions_rec(right, sr))
+    let mid = v.len() / 2;
+    let (vl, vr) = v.split_at_mut(mid);
+    let (tl, tr) = tmp.split_at_mut(mid);
+    let (a, b) = join_if(v_len_large(mid), || sort_into(vl, tl), || sort_into(vr, tr));
+    a + b + merge_count(tl, tr, v)
+}
+
+/// Sorts the contents of `v` into `out` (`v` is scratch afterwards); returns the inversions.
+fn sort_into(v: &mut [u64], out: &mut [u64]) -> u64 {
+    if v.len() <= LEAF {
+        out.copy_from_slice(v);
+        return insertion_sort(out);
+    }
+    let mid = v.len() / 2;
+    let (vl, vr) = v.split_at_mut(mid);
+    let (ol, or) = out.split_at_mut(mid);
+    let (a, b) = join_if(
+        v_len_large(mid),
+        || sort_in_place(vl, ol),
+        || sort_in_place(vr, or),
+    );
+    a + b + merge_count(vl, vr, out)
+}
+
+fn v_len_large(half: usize) -> bool {
+    half >= PARALLEL_LEN / 2
+}
+
+fn join_if<A: Send, B: Send>(
+    parallel: bool,
+    a: impl FnOnce() -> A + Send,
+    b: impl FnOnce() -> B + Send,
+) -> (A, B) {
+    if parallel {
+        rayon::join(a, b)
     } else {
-        (inversions_rec(left, sl), inversions_rec(right, sr))
-    };
-    let mut inv = a + b;
-    let (mut i, mut j, mut k) = (0, 0, 0);
-    while i < left.len() && j < right.len() {
-        if right[j] < left[i] {
-            // right[j] is smaller than every remaining left element.
-            inv += (left.len() - i) as u64;
-            scratch[k] = right[j];
-            j += 1;
-        } else {
-            scratch[k] = left[i];
-            i += 1;
+        (a(), b())
+    }
+}
+
+fn insertion_sort(v: &mut [u64]) -> u64 {
+    let mut inv = 0u64;
+    for i in 1..v.len() {
+        let x = v[i];
+        let mut j = i;
+        while j > 0 && v[j - 1] > x {
+            v[j] = v[j - 1];
+            j -= 1;
         }
+        inv += (i - j) as u64;
+        v[j] = x;
+    }
+    inv
+}
+
+/// Merges sorted `a` and `b` into `out`; each element of `b` placed before remaining elements of
+/// `a` is one inversion per such element. The main loop has no data-dependent branch.
+fn merge_count(a: &[u64], b: &[u64], out: &mut [u64]) -> u64 {
+    assert_eq!(a.len() + b.len(), out.len());
+    let (na, nb) = (a.len(), b.len());
+    let (mut i, mut j, mut k) = (0, 0, 0);
+    let mut inv = 0u64;
+    while i < na && j < nb {
+        // SAFETY: i < na, j < nb and k = i + j < na + nb = out.len().
+        let (x, y) = unsafe { (*a.get_unchecked(i), *b.get_unchecked(j)) };
+        let take_b = y < x;
+        unsafe { *out.get_unchecked_mut(k) = if take_b { y } else { x } };
+        inv += (na - i) as u64 * take_b as u64;
+        i += !take_b as usize;
+        j += take_b as usize;
         k += 1;
     }
-    scratch[k..k + left.len() - i].copy_from_slice(&left[i..]);
-    k += left.len() - i;
-    scratch[k..k + right.len() - j].copy_from_slice(&right[j..]);
-    v.copy_from_slice(scratch);
+    out[k..k + na - i].copy_from_slice(&a[i..]);
+    out[k + na - i..].copy_from_slice(&b[j..]);
     inv
 }
 
@@ -456,24 +508,34 @@ mod tests {
     #[test]
     fn radix_sort_matches_std_sort() {
         let mut state = 12345u64;
-        let mut pairs: Vec<(u64, u32)> = (0..10_000)
+        let values: Vec<f64> = (0..10_000)
             .map(|i| {
                 state = state
                     .wrapping_mul(6364136223846793005)
                     .wrapping_add(1442695040888963407);
-                (
-                    order_key(
-                        ((state >> 11) as f64 / (1u64 << 53) as f64 - 0.5).round_ties_even() * 3.0
-                            + (i % 7) as f64,
-                    ),
-                    i,
-                )
+                let u = (state >> 11) as f64 / (1u64 << 53) as f64;
+                if i % 3 == 0 {
+                    (u * 10.0).round() - 5.0
+                } else {
+                    (u - 0.5) * 1e6
+                }
             })
             .collect();
-        let mut expected = pairs.clone();
-        expected.sort_by_key(|p| p.0);
-        radix_sort(&mut pairs);
-        assert_eq!(pairs, expected);
+        let sorted = Sorted::new(&values);
+        let mut expected: Vec<(u64, u32)> = values
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| (order_key(v), i as u32))
+            .collect();
+        expected.sort();
+        assert_eq!(
+            sorted.keys,
+            expected.iter().map(|p| p.0).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            sorted.order,
+            expected.iter().map(|p| p.1).collect::<Vec<_>>()
+        );
     }
 
     #[test]
@@ -489,7 +551,7 @@ mod tests {
     fn inversions() {
         let mut v = vec![3, 1, 2, 2, 0];
         assert_eq!(count_inversions(&mut v), 7);
-        let mut big: Vec<u32> = (0..100_000).rev().collect();
+        let mut big: Vec<u64> = (0..100_000).rev().collect();
         assert_eq!(count_inversions(&mut big), 100_000 * 99_999 / 2);
     }
 

@@ -2,8 +2,8 @@
 //! Φ from the C library's erfc, Kendall counts over all pairs), plus thread-count independence.
 
 use aesr1_core::{
-    abs_reward, binary_reward, group_advantages, krcc, ndtr, plcc, rank_reward, rapo, srcc, Groups, NanPolicy, RewardConfig, Ties,
-    Weights,
+    abs_reward, binary_reward, group_advantages, krcc, ndtr, plcc, rank_reward, rapo, srcc, Groups,
+    NanPolicy, RewardConfig, Ties, Weights,
 };
 use proptest::prelude::*;
 
@@ -24,10 +24,22 @@ fn rank_ref(pred: &[f64], gt: &[f64], k: usize, gamma: f64, ties: Ties) -> Vec<f
     let n = gt.len();
     let stats: Vec<(usize, f64, f64)> = (0..n)
         .map(|i| {
-            let v: Vec<f64> = pred[i * k..(i + 1) * k].iter().copied().filter(|x| !x.is_nan()).collect();
+            let v: Vec<f64> = pred[i * k..(i + 1) * k]
+                .iter()
+                .copied()
+                .filter(|x| !x.is_nan())
+                .collect();
             let c = v.len();
-            let mean = if c > 0 { v.iter().sum::<f64>() / c as f64 } else { f64::NAN };
-            let var = if c >= 2 { v.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / (c - 1) as f64 } else { 0.0 };
+            let mean = if c > 0 {
+                v.iter().sum::<f64>() / c as f64
+            } else {
+                f64::NAN
+            };
+            let var = if c >= 2 {
+                v.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / (c - 1) as f64
+            } else {
+                0.0
+            };
             (c, mean, var)
         })
         .collect();
@@ -67,7 +79,8 @@ fn advantages_ref(r: &[f64], k: usize) -> Vec<f64> {
     }
     for (row, o) in r.chunks(k).zip(out.chunks_mut(k)) {
         let mean = row[0] + row.iter().map(|v| v - row[0]).sum::<f64>() / k as f64;
-        let std = (row.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / (k - 1) as f64).sqrt();
+        let std =
+            (row.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / (k - 1) as f64).sqrt();
         for (x, v) in o.iter_mut().zip(row) {
             *x = (v - mean) / (std + 1e-4);
         }
@@ -83,7 +96,12 @@ fn assert_close(got: &[f64], want: &[f64], what: &str) {
 
 /// Scores with the cases that matter: free values, a two-decimal grid (ties), 0.5, NaN.
 fn score() -> impl Strategy<Value = f64> {
-    prop_oneof![0.0..=1.0f64, (0..=100u32).prop_map(|v| v as f64 / 100.0), Just(0.5), Just(f64::NAN)]
+    prop_oneof![
+        0.0..=1.0f64,
+        (0..=100u32).prop_map(|v| v as f64 / 100.0),
+        Just(0.5),
+        Just(f64::NAN)
+    ]
 }
 
 fn truth() -> impl Strategy<Value = f64> {
@@ -94,12 +112,20 @@ fn truth() -> impl Strategy<Value = f64> {
 fn batch() -> impl Strategy<Value = (usize, usize, Vec<f64>, Vec<f64>)> {
     (1usize..=12, 1usize..=6, any::<bool>()).prop_flat_map(|(n, k, identical)| {
         let rows = if identical { n } else { n * k };
-        (Just(n), Just(k), prop::collection::vec(score(), rows), prop::collection::vec(truth(), n)).prop_map(
-            move |(n, k, v, gt)| {
-                let pred = if identical { v.iter().flat_map(|&x| std::iter::repeat_n(x, k)).collect() } else { v };
-                (n, k, pred, gt)
-            },
+        (
+            Just(n),
+            Just(k),
+            prop::collection::vec(score(), rows),
+            prop::collection::vec(truth(), n),
         )
+            .prop_map(move |(n, k, v, gt)| {
+                let pred = if identical {
+                    v.iter().flat_map(|&x| std::iter::repeat_n(x, k)).collect()
+                } else {
+                    v
+                };
+                (n, k, pred, gt)
+            })
     })
 }
 
@@ -119,7 +145,13 @@ fn large_batch() -> impl Strategy<Value = (usize, usize, Vec<f64>, Vec<f64>)> {
             .iter()
             .flat_map(|&s| {
                 (0..k)
-                    .map(|_| if next() < 0.05 { f64::NAN } else { (s + sd * (next() - 0.5)).clamp(0.0, 1.0) })
+                    .map(|_| {
+                        if next() < 0.05 {
+                            f64::NAN
+                        } else {
+                            (s + sd * (next() - 0.5)).clamp(0.0, 1.0)
+                        }
+                    })
                     .collect::<Vec<_>>()
             })
             .collect();
@@ -231,7 +263,11 @@ fn average_ranks(v: &[f64]) -> Vec<f64> {
 }
 
 fn metric_value() -> impl Strategy<Value = f64> {
-    prop_oneof![-1e3..1e3f64, (-4i32..=4).prop_map(f64::from), (0..=20u32).prop_map(|v| v as f64 / 20.0)]
+    prop_oneof![
+        -1e3..1e3f64,
+        (-4i32..=4).prop_map(f64::from),
+        (0..=20u32).prop_map(|v| v as f64 / 20.0)
+    ]
 }
 
 fn close_rel(got: f64, want: f64) -> bool {
@@ -265,7 +301,11 @@ proptest! {
 // Threads
 
 fn in_pool<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> T {
-    rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(f)
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+        .install(f)
 }
 
 #[test]
@@ -273,18 +313,38 @@ fn results_do_not_depend_on_thread_count() {
     let (n, k) = (400, 6);
     let mut state = 99u64;
     let mut next = move || {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (state >> 11) as f64 / (1u64 << 53) as f64
     };
     let gt: Vec<f64> = (0..n).map(|_| next()).collect();
-    let pred: Vec<f64> = (0..n * k).map(|m| if m % 17 == 0 { f64::NAN } else { (gt[m / k] + 0.2 * (next() - 0.5)).clamp(0.0, 1.0) }).collect();
+    let pred: Vec<f64> = (0..n * k)
+        .map(|m| {
+            if m % 17 == 0 {
+                f64::NAN
+            } else {
+                (gt[m / k] + 0.2 * (next() - 0.5)).clamp(0.0, 1.0)
+            }
+        })
+        .collect();
     let groups = Groups::uniform(n, k).unwrap();
     let x: Vec<f64> = (0..300_000).map(|_| next()).collect();
     let y: Vec<f64> = x.iter().map(|v| ((v + next()) * 100.0).round()).collect();
     let run = || {
         let mut bits = Vec::new();
         for ties in [Ties::Strict, Ties::Half] {
-            let out = rapo(&pred, &gt, &groups, &RewardConfig { ties, ..Default::default() }, None).unwrap();
+            let out = rapo(
+                &pred,
+                &gt,
+                &groups,
+                &RewardConfig {
+                    ties,
+                    ..Default::default()
+                },
+                None,
+            )
+            .unwrap();
             bits.extend(out.total.iter().chain(&out.advantages).map(|v| v.to_bits()));
         }
         let c = aesr1_core::evaluate(&x, &y, NanPolicy::Raise).unwrap();
@@ -293,6 +353,9 @@ fn results_do_not_depend_on_thread_count() {
     };
     let one = in_pool(1, run);
     for threads in [2, 3, 5] {
-        assert!(in_pool(threads, run) == one, "{threads} threads differ from 1");
+        assert!(
+            in_pool(threads, run) == one,
+            "{threads} threads differ from 1"
+        );
     }
 }

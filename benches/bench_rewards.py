@@ -1,0 +1,148 @@
+"""Speed of aesr1's native rewards and metrics against the obvious Python alternatives.
+
+    python benches/bench_rewards.py            # all figures (the loop baseline takes ~10-20 s)
+    python benches/bench_rewards.py --quick    # fewer repeats, loop baseline timed once
+
+Prints, from one run:
+
+* `aesr1.rewards.rapo` (rank + abs reward, total, advantages) against the vectorised NumPy
+  float64 implementation used as the tests' reference (`tests/reference.py`, Φ from SciPy's
+  ndtr), at N = 1024 images x K = 16 completions and at the paper's N = 128, K = 4;
+* `rapo` against a loop implementation shaped like the released Aes-R1 reward code: Python loops
+  over torch scalar operations, at N = 128, K = 4;
+* `aesr1.metrics.srcc` / `krcc` against `scipy.stats.spearmanr` / `kendalltau` at n = 10^6.
+
+Times are the best of several repeats (the machine may be shared; the best run is the least
+disturbed one), each repeat long enough to average out timer resolution.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import sys
+import time
+import timeit
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+import reference  # noqa: E402  (the NumPy float64 reference of the tests)
+
+from aesr1 import _core, metrics, rewards  # noqa: E402
+
+
+def best_time(fn, repeats: int, min_seconds: float = 0.2) -> float:
+    """Best per-call time over `repeats` repeats of enough calls to last `min_seconds`."""
+    fn()
+    start = time.perf_counter()
+    fn()
+    once = max(time.perf_counter() - start, 1e-7)
+    number = max(1, math.ceil(min_seconds / once))
+    return min(timeit.repeat(fn, number=number, repeat=repeats)) / number
+
+
+def batch(n: int, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Ground truths in [0, 1]; K predictions each, truth plus noise, as a model's 2-decimal answers."""
+    rng = np.random.default_rng(seed)
+    gt = rng.random(n)
+    pred = np.round(np.clip(gt[:, None] + 0.1 * rng.standard_normal((n, k)), 0.0, 1.0), 2)
+    return pred, gt
+
+
+def released_style_rapo(pred: list[list[float]], gt: list[float]) -> list[float]:
+    """RAPO rewards the way a straightforward PyTorch reward function computes them: Python loops
+    over images, completions and partners, every formula a torch scalar operation."""
+    import torch
+
+    normal = torch.distributions.Normal(
+        torch.tensor(0.0, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64)
+    )
+    gamma, sigma, eps = 1e-6, 0.1, 1e-5
+    n = len(pred)
+    rewards_out = []
+    for i in range(n):
+        preds_i = torch.tensor(pred[i], dtype=torch.float64)
+        for k in range(len(pred[i])):
+            o = preds_i[k]
+            total = torch.tensor(0.0, dtype=torch.float64)
+            for j in range(n):
+                if j == i:
+                    continue
+                preds_j = torch.tensor(pred[j], dtype=torch.float64)
+                mu_j = preds_j.mean()
+                z = (o - mu_j) / torch.sqrt(preds_i.var() + preds_j.var() + gamma)
+                p = normal.cdf(z)
+                pc = 1.0 if gt[i] >= gt[j] else 0.0
+                total = total + torch.sqrt(pc * p) + torch.sqrt((1 - pc) * (1 - p))
+            r_rank = total / (n - 1)
+            r_abs = torch.exp(-0.5 * (torch.abs(o - gt[i]) / sigma) ** 2) + eps
+            rewards_out.append(float(r_rank + r_abs))
+    return rewards_out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    args = parser.parse_args()
+    repeats = 3 if args.quick else 7
+
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, native threads {_core.num_threads()}"
+    )
+    print(f"python {platform.python_version()}, numpy {np.__version__}, aesr1 {_core.__version__}")
+    rows = []
+
+    for n, k in [(1024, 16), (128, 4)]:
+        pred, gt = batch(n, k)
+        ours = best_time(lambda pred=pred, gt=gt: rewards.rapo({"pred": pred, "gt": gt}), repeats)
+        numpy_time = best_time(lambda pred=pred, gt=gt: reference.rapo(pred, gt), repeats)
+        got = rewards.rapo({"pred": pred, "gt": gt}).total
+        assert np.max(np.abs(got - reference.rapo(pred, gt)["total"].ravel())) <= 1e-12
+        rows.append((f"rapo N={n} K={k} vs NumPy float64", ours, numpy_time))
+
+    pred, gt = batch(128, 4)
+    ours = best_time(lambda: rewards.rapo({"pred": pred, "gt": gt}), repeats)
+    loop_runs = 1 if args.quick else 2
+    loop_times = []
+    for _ in range(loop_runs):
+        start = time.perf_counter()
+        loop = released_style_rapo(pred.tolist(), gt.tolist())
+        loop_times.append(time.perf_counter() - start)
+    assert np.max(np.abs(np.array(loop) - rewards.rapo({"pred": pred, "gt": gt}).total)) < 1e-9
+    rows.append(("rapo N=128 K=4 vs Python/torch loops", ours, min(loop_times)))
+
+    from scipy import stats
+
+    rng = np.random.default_rng(1)
+    x = rng.random(1_000_000)
+    y = x + 0.3 * rng.standard_normal(x.size)
+    metric_repeats = 3 if args.quick else 5
+    for name, ours_fn, scipy_fn in [
+        ("srcc n=1e6 vs scipy.stats.spearmanr", metrics.srcc, stats.spearmanr),
+        ("krcc n=1e6 vs scipy.stats.kendalltau", metrics.krcc, stats.kendalltau),
+    ]:
+        ours = best_time(lambda f=ours_fn: f(x, y), metric_repeats, min_seconds=0.0)
+        theirs = best_time(lambda f=scipy_fn: f(x, y), metric_repeats, min_seconds=0.0)
+        rows.append((name, ours, theirs))
+
+    width = max(len(r[0]) for r in rows)
+    print(f"\n{'benchmark':<{width}}  {'aesr1':>11}  {'baseline':>11}  {'speed-up':>9}")
+    for name, ours, theirs in rows:
+        print(f"{name:<{width}}  {fmt(ours):>11}  {fmt(theirs):>11}  {theirs / ours:>8.1f}x")
+
+
+def fmt(seconds: float) -> str:
+    if seconds >= 1:
+        return f"{seconds:.2f} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds * 1e6:.1f} us"
+
+
+if __name__ == "__main__":
+    main()
