@@ -140,8 +140,7 @@ def test_critique_covers_dimensions_and_never_leaks(items):
     dimension_heads = [name.split()[0].lower() for name in DIMENSIONS]
     endings = {}
     for item in items:
-        for rng in (None, random.Random(0)):
-            text = write_critique(item, rng)
+        for text in (write_critique(item), write_critique(item, random.Random(0), vary=True)):
             assert not re.search(r"\d", text), text
             assert "score" not in text.lower() and "rating" not in text.lower()
             lowered = text.lower()
@@ -157,8 +156,12 @@ def test_critique_covers_dimensions_and_never_leaks(items):
 
 def test_critique_is_deterministic_and_informative(items):
     assert [write_critique(i) for i in items[:20]] == [write_critique(i) for i in items[:20]]
+    # An rng alone changes nothing (AesCoT's template expert passes one); vary=True picks synonyms.
+    assert [write_critique(i, random.Random(3)) for i in items[:20]] == [write_critique(i) for i in items[:20]]
     a, b = random.Random(5), random.Random(5)
-    assert [write_critique(i, a) for i in items[:20]] == [write_critique(i, b) for i in items[:20]]
+    varied = [write_critique(i, a, vary=True) for i in items[:20]]
+    assert varied == [write_critique(i, b, vary=True) for i in items[:20]]
+    assert varied != [write_critique(i) for i in items[:20]]
     # The words follow the pixels: exposure direction and palette are named.
     base = ScoredImage(image="x.png", score=0.5, source="synthetic", id="x", attributes=_attrs())
     under = ScoredImage(image="x.png", score=0.2, source="synthetic", id="y",

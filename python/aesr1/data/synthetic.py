@@ -274,8 +274,11 @@ def train_test_split(
 
 
 # ---------------------------------------------------------------------------------------------------
-# Critiques. Every phrase is a deterministic function of the attributes (an optional rng only picks
-# among synonyms of the same meaning), so the words carry the same information as the pixels.
+# Critiques. Every phrase is a deterministic function of the attributes, so the words carry the same
+# information as the pixels. The first phrase of each tuple is the default; the others are synonyms
+# used only with `vary=True`: random wording that does not depend on the image is pure noise for the
+# RL stage (it makes the K completions of a group diverge early for no reason), so the embedded
+# default trains on the deterministic wording.
 
 def _level(value: float, low: float, high: float) -> int:
     return 0 if value < low else (2 if value >= high else 1)
@@ -283,32 +286,32 @@ def _level(value: float, low: float, high: float) -> int:
 
 _LIGHT = (
     ("flat, shadowless light", "dull light with no modelling"),
-    ("gentle light with soft shadows", "modest light that shapes the form a little"),
+    ("soft light", "gentle light with soft shadows"),
     ("strong light that models the form", "crisp light with deep shadows"),
 )
 _MOOD = (
-    ("a dull, confused mood", "a muddled mood that tells little"),
-    ("a quiet, modest mood", "a calm mood with a simple story"),
-    ("a vivid, engaging mood", "a lively mood that draws the eye"),
+    ("a dull mood", "a muddled mood that tells little"),
+    ("a quiet mood", "a calm mood with a simple story"),
+    ("a vivid mood", "a lively mood that draws the eye"),
 )
 _COMPOSITION = (
-    "the {subject} sits awkwardly, far from the thirds",
+    "the {subject} sits far from the thirds",
     "the {subject} sits near a third",
-    "the {subject} sits right on a third",
+    "the {subject} sits on a third",
 )
 _COLOR = {
-    "analogous": "an analogous palette, calm and unified",
-    "complementary": "a complementary palette with pleasing contrast",
-    "triadic": "a triadic palette, lively but balanced",
+    "analogous": "an analogous, unified palette",
+    "complementary": "a complementary palette",
+    "triadic": "a triadic palette",
     "muted": "a muted, washed palette",
-    "clashing": "clashing colours that fight each other",
+    "clashing": "clashing colours",
 }
 _EXPOSURE_DIRECTION = {
-    -2: "badly under-exposed, shadows crushed",
+    -2: "badly under-exposed",
     -1: "a little dark",
     0: "well exposed",
     1: "a little bright",
-    2: "badly over-exposed, highlights blown",
+    2: "badly over-exposed",
 }
 _TECHNIQUE = (
     ("soft and noisy", "blurred and grainy"),
@@ -322,19 +325,21 @@ _OVERALL = {
 }
 
 
-def _pick(options: Sequence[str], rng: random.Random | None) -> str:
-    return options[0] if rng is None else rng.choice(list(options))
-
-
-def write_critique(item: ScoredImage, rng: random.Random | None = None) -> str:
+def write_critique(item: ScoredImage, rng: random.Random | None = None, *, vary: bool = False) -> str:
     """A short critique of a synthetic image along the five dimensions of Table 5.
 
     One sentence per dimension (Light and Shadow <- contrast; Mood and Narrative <- the overall
     bin; Composition <- thirds and subject; Color <- palette; Exposure <- exposure, sharpness and
     noise), then an overall judgment that matches the score's bin. The score is never stated: the
-    text holds no digits. Without `rng` the wording is fully deterministic; with it, only synonyms
-    of equal meaning vary.
+    text holds no digits. The wording is a deterministic function of the attributes; with
+    `vary=True`, `rng` (or a fresh one) picks among synonyms of equal meaning.
     """
+
+    def pick(options: Sequence[str]) -> str:
+        if not vary:
+            return options[0]
+        return (rng or random.Random()).choice(list(options))
+
     a = item.attributes
     missing = set(ATTRIBUTE_KEYS) - set(a)
     if missing:
@@ -346,11 +351,11 @@ def write_critique(item: ScoredImage, rng: random.Random | None = None) -> str:
     bin_name = score_bin(float(item.score))
     mood = {"bad": 0, "fair": 1, "good": 2}[bin_name]
     sentences = [
-        f"Light and shadow: {_pick(_LIGHT[_level(float(a['contrast']), 0.35, 0.7)], rng)}.",
-        f"Mood and narrative: {_pick(_MOOD[mood], rng)}.",
+        f"Light and shadow: {pick(_LIGHT[_level(float(a['contrast']), 0.35, 0.7)])}.",
+        f"Mood and narrative: {pick(_MOOD[mood])}.",
         f"Composition: {_COMPOSITION[_level(float(a['thirds']), 0.35, 0.7)].format(subject=a['subject'])}.",
         f"Color: {_COLOR[a['palette']]}.",
-        f"Exposure: {_EXPOSURE_DIRECTION[direction]}, {_pick(_TECHNIQUE[technique], rng)}.",
-        _pick(_OVERALL[bin_name], rng),
+        f"Exposure: {_EXPOSURE_DIRECTION[direction]}, {pick(_TECHNIQUE[technique])}.",
+        pick(_OVERALL[bin_name]),
     ]
     return " ".join(sentences)

@@ -248,9 +248,11 @@ class RAPOTrainer:
         # Seeded per (run seed, round, process): a resumed run samples exactly what the killed one would have.
         seed = (self.config.seed * 1_000_003 + round_index) * 1009 + self.accelerator.process_index
         self.model.eval()
-        with unwrap_model_for_generation(self.model, self.accelerator) as unwrapped:
-            with suppressed_tokens(unwrapped, self.processor):
-                rollout = generate_rollouts(unwrapped, self.processor, [i.image for i in items], sampling, seed=seed)
+        with (
+            unwrap_model_for_generation(self.model, self.accelerator) as unwrapped,
+            suppressed_tokens(unwrapped, self.processor),
+        ):
+            rollout = generate_rollouts(unwrapped, self.processor, [i.image for i in items], sampling, seed=seed)
         batch = to_device(rollout.batch, self.accelerator.device)
         scored = score_rollouts(
             rollout.texts, [i.score for i in items], cfg.num_generations, self.config.reward, self.accelerator
