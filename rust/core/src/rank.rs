@@ -98,18 +98,19 @@ impl Partners {
         for (p, &g) in image.iter().enumerate() {
             position[g] = p;
         }
-        // Padding partners have mean +inf and ground truth -inf: their argument is -inf, and
-        // sqrt(Φ(-inf)) adds an exact zero.
-        let padded = |f: &dyn Fn(usize) -> f64, pad: f64| {
+        // Padding repeats the last partner, so the last vector's lanes stay in one range of Φ;
+        // the kernels mask padding out.
+        let padded = |f: &dyn Fn(usize) -> f64| {
             let mut v: Vec<f64> = image.iter().map(|&g| f(g)).collect();
-            v.resize(n.div_ceil(8) * 8, pad);
+            let last = v.last().copied().unwrap_or(0.0);
+            v.resize(n.div_ceil(8) * 8, last);
             v
         };
         Self {
             n,
-            mean: padded(&|g| stats[g].mean, f64::INFINITY),
-            var: padded(&|g| stats[g].var, 0.0),
-            gt: padded(&|g| gt[g], f64::NEG_INFINITY),
+            mean: padded(&|g| stats[g].mean),
+            var: padded(&|g| stats[g].var),
+            gt: padded(&|g| gt[g]),
             position,
         }
     }
@@ -252,9 +253,9 @@ impl Row<'_> {
         }
     }
 
-    /// With `HALF`, a per-partner weight of 0 leaves out equal ground truths (added separately
-    /// by the caller); without it the only partner to leave out is the image itself, masked in
-    /// its one vector, and padding contributes exact zeros (see `Partners::new`).
+    /// With `HALF`, a per-partner weight of 0 leaves out the image itself, padding and equal
+    /// ground truths (added separately by the caller); without it only the image itself and the
+    /// padding are left out, masked in the two vectors that hold them.
     #[inline(always)]
     fn partner_sums_impl<L: Lanes8, const HALF: bool>(&self, values: &[f64], out: &mut [f64]) {
         let p = self.partners;
@@ -282,7 +283,7 @@ impl Row<'_> {
         let weight: Vec<f64> = if HALF {
             (0..chunks * 8)
                 .map(|j| {
-                    if j == self.me || p.gt[j] == self.gt_i {
+                    if j >= p.n || j == self.me || p.gt[j] == self.gt_i {
                         0.0
                     } else {
                         1.0
@@ -292,10 +293,19 @@ impl Row<'_> {
         } else {
             Vec::new()
         };
+        // Lanes to leave out (strict ties): the image itself, and padding in the last vector.
         let lanes = [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0];
         // SAFETY: `lanes` holds 8 doubles.
-        let me_lane = unsafe { L::load(lanes.as_ptr()) }.eq(L::splat((self.me % 8) as f64));
+        let lane = unsafe { L::load(lanes.as_ptr()) };
         let me_chunk = self.me / 8;
+        let last = chunks - 1;
+        let me_lane = lane.eq(L::splat((self.me % 8) as f64));
+        let padding = lane.ge(L::splat(if p.n % 8 == 0 { 8.0 } else { (p.n % 8) as f64 }));
+        let last_out = if me_chunk == last {
+            L::or(me_lane, padding)
+        } else {
+            padding
+        };
         for (&o, sum) in values.iter().zip(out.iter_mut()) {
             if o.is_nan() {
                 continue;
@@ -314,6 +324,8 @@ impl Row<'_> {
                 let term = if HALF {
                     // SAFETY: as above.
                     term.mul(unsafe { L::load(weight.as_ptr().add(8 * c)) })
+                } else if c == last {
+                    L::select(last_out, L::splat(0.0), term)
                 } else if c == me_chunk {
                     L::select(me_lane, L::splat(0.0), term)
                 } else {
