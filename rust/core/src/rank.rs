@@ -300,7 +300,11 @@ impl Row<'_> {
         let me_chunk = self.me / 8;
         let last = chunks - 1;
         let me_lane = lane.eq(L::splat((self.me % 8) as f64));
-        let padding = lane.ge(L::splat(if p.n % 8 == 0 { 8.0 } else { (p.n % 8) as f64 }));
+        let padding = lane.ge(L::splat(if p.n.is_multiple_of(8) {
+            8.0
+        } else {
+            (p.n % 8) as f64
+        }));
         let last_out = if me_chunk == last {
             L::or(me_lane, padding)
         } else {
