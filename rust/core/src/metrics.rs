@@ -92,6 +92,15 @@ fn prepare<'a>(x: &'a [f64], y: &'a [f64], policy: NanPolicy) -> Result<Pairs<'a
             }
         }
     };
+    if pairs.x.len() > u32::MAX as usize {
+        // Sort orders are stored as u32.
+        return Err(Error::Length {
+            arg: "pred",
+            got: pairs.x.len(),
+            expected: u32::MAX as usize,
+            why: "at most 2^32 - 1 points",
+        });
+    }
     if pairs.x.len() < 2 {
         return Err(Error::TooFew {
             arg: "pred",
