@@ -12,8 +12,8 @@ Prints, from one run:
   over torch scalar operations, at N = 128, K = 4;
 * `aesr1.metrics.srcc` / `krcc` against `scipy.stats.spearmanr` / `kendalltau` at n = 10^6.
 
-Times are the best of several repeats (the machine may be shared; the best run is the least
-disturbed one), each repeat long enough to average out timer resolution.
+Times are the best of several repeats, taken alternately for aesr1 and its baseline so both see
+the same background load (the machine may be shared; the best run is the least disturbed one).
 """
 
 from __future__ import annotations
@@ -36,14 +36,23 @@ import reference  # noqa: E402  (the NumPy float64 reference of the tests)
 from aesr1 import _core, metrics, rewards  # noqa: E402
 
 
-def best_time(fn, repeats: int, min_seconds: float = 0.2) -> float:
-    """Best per-call time over `repeats` repeats of enough calls to last `min_seconds`."""
+def calls_per_repeat(fn, min_seconds: float) -> int:
     fn()
     start = time.perf_counter()
     fn()
     once = max(time.perf_counter() - start, 1e-7)
-    number = max(1, math.ceil(min_seconds / once))
-    return min(timeit.repeat(fn, number=number, repeat=repeats)) / number
+    return max(1, math.ceil(min_seconds / once))
+
+
+def compare(ours, baseline, repeats: int, min_seconds: float = 0.2) -> tuple[float, float]:
+    """Best per-call times of `ours` and `baseline`, measured in alternating repeats so that both
+    see the same background load; each repeat runs long enough to average out timer resolution."""
+    n_ours, n_base = calls_per_repeat(ours, min_seconds), calls_per_repeat(baseline, min_seconds)
+    t_ours, t_base = math.inf, math.inf
+    for _ in range(repeats):
+        t_ours = min(t_ours, timeit.timeit(ours, number=n_ours) / n_ours)
+        t_base = min(t_base, timeit.timeit(baseline, number=n_base) / n_base)
+    return t_ours, t_base
 
 
 def batch(n: int, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -99,17 +108,20 @@ def main() -> None:
 
     for n, k in [(1024, 16), (128, 4)]:
         pred, gt = batch(n, k)
-        ours = best_time(lambda pred=pred, gt=gt: rewards.rapo({"pred": pred, "gt": gt}), repeats)
-        numpy_time = best_time(lambda pred=pred, gt=gt: reference.rapo(pred, gt), repeats)
+        ours, numpy_time = compare(
+            lambda pred=pred, gt=gt: rewards.rapo({"pred": pred, "gt": gt}),
+            lambda pred=pred, gt=gt: reference.rapo(pred, gt),
+            repeats,
+        )
         got = rewards.rapo({"pred": pred, "gt": gt}).total
         assert np.max(np.abs(got - reference.rapo(pred, gt)["total"].ravel())) <= 1e-12
         rows.append((f"rapo N={n} K={k} vs NumPy float64", ours, numpy_time))
 
     pred, gt = batch(128, 4)
-    ours = best_time(lambda: rewards.rapo({"pred": pred, "gt": gt}), repeats)
-    loop_runs = 1 if args.quick else 2
+    ours = math.inf
     loop_times = []
-    for _ in range(loop_runs):
+    for _ in range(1 if args.quick else 2):
+        ours = min(ours, compare(lambda: rewards.rapo({"pred": pred, "gt": gt}), lambda: None, repeats)[0])
         start = time.perf_counter()
         loop = released_style_rapo(pred.tolist(), gt.tolist())
         loop_times.append(time.perf_counter() - start)
@@ -126,8 +138,7 @@ def main() -> None:
         ("srcc n=1e6 vs scipy.stats.spearmanr", metrics.srcc, stats.spearmanr),
         ("krcc n=1e6 vs scipy.stats.kendalltau", metrics.krcc, stats.kendalltau),
     ]:
-        ours = best_time(lambda f=ours_fn: f(x, y), metric_repeats, min_seconds=0.0)
-        theirs = best_time(lambda f=scipy_fn: f(x, y), metric_repeats, min_seconds=0.0)
+        ours, theirs = compare(lambda f=ours_fn: f(x, y), lambda f=scipy_fn: f(x, y), metric_repeats, 0.0)
         rows.append((name, ours, theirs))
 
     width = max(len(r[0]) for r in rows)

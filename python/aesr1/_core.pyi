@@ -39,9 +39,10 @@ def rapo(
     gamma: float,
     threshold: float,
     ties: str,
-) -> tuple[F64, F64, F64, F64, F64, F64, int]:
-    """(total, rank, abs, binary, format, advantages, num_unparseable); `gt` is per group,
-    groups are `group_size` contiguous completions or dense codes `group_ids` (0..G-1)."""
+) -> tuple[F64, int]:
+    """(packed, num_unparseable): `packed` is total, rank, abs, binary, format and advantages one
+    after another (6·M values). `gt` is per group; groups are `group_size` contiguous completions
+    or dense codes `group_ids` (0..G-1)."""
 
 def rank_reward(
     pred: F64, gt: F64, group_size: int | None, group_ids: I64 | None, gamma: float, ties: str

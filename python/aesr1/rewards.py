@@ -422,7 +422,7 @@ def rapo(
     else:
         pred_a, truth, layout = _prepare(batch["pred"], batch["gt"], group_ids, num_generations)
         scores = pred_a.ravel().copy()
-    total, rank, abs_, binary, fmt, advantages, unparseable = _core.rapo(
+    packed, unparseable = _core.rapo(
         pred_a.ravel(),
         truth,
         layout.size,
@@ -435,7 +435,7 @@ def rapo(
         float(threshold),
         ties,
     )
-    arrays = (total, rank, abs_, binary, fmt, scores, advantages)
-    for a in arrays:
-        a.setflags(write=False)
-    return RapoResult(*arrays, num_unparseable=int(unparseable))
+    packed.setflags(write=False)
+    scores.setflags(write=False)
+    total, rank, abs_, binary, fmt, advantages = packed.reshape(6, -1)
+    return RapoResult(total, rank, abs_, binary, fmt, scores, advantages, num_unparseable=int(unparseable))

@@ -167,17 +167,8 @@ fn parse_completions<'py>(
 
 type Array<'py> = Bound<'py, PyArray1<f64>>;
 
-type RapoTuple<'py> = (
-    Bound<'py, PyArray1<f64>>,
-    Bound<'py, PyArray1<f64>>,
-    Bound<'py, PyArray1<f64>>,
-    Bound<'py, PyArray1<f64>>,
-    Bound<'py, PyArray1<f64>>,
-    Bound<'py, PyArray1<f64>>,
-    usize,
-);
-
-/// The RAPO reward: (total, rank, abs, binary, format, advantages, num_unparseable).
+/// The RAPO reward: (packed, num_unparseable), where `packed` holds total, rank, abs, binary,
+/// format and advantages one after another (one array, so one allocation on the Python side).
 #[pyfunction]
 #[pyo3(signature = (pred, gt, group_size, group_ids, format, weights, sigma, eps, gamma, threshold, ties))]
 #[allow(clippy::too_many_arguments)]
@@ -194,7 +185,7 @@ fn rapo<'py>(
     gamma: f64,
     threshold: f64,
     ties: &str,
-) -> PyResult<RapoTuple<'py>> {
+) -> PyResult<(Array<'py>, usize)> {
     let (pred, gt) = (slice("pred", &pred)?, slice("gt", &gt)?);
     let groups = groups(pred.len(), group_size, group_ids.as_ref())?;
     let format = format.as_ref().map(|f| slice("format", f)).transpose()?;
@@ -214,15 +205,18 @@ fn rapo<'py>(
     let out = py
         .detach(|| core::rapo(pred, gt, &groups, &config, format))
         .map_err(CoreError)?;
-    Ok((
-        vec_to_py(py, out.total),
-        vec_to_py(py, out.rank),
-        vec_to_py(py, out.abs),
-        vec_to_py(py, out.binary),
-        vec_to_py(py, out.format),
-        vec_to_py(py, out.advantages),
-        out.num_unparseable,
-    ))
+    let mut packed = Vec::with_capacity(6 * out.total.len());
+    for part in [
+        &out.total,
+        &out.rank,
+        &out.abs,
+        &out.binary,
+        &out.format,
+        &out.advantages,
+    ] {
+        packed.extend_from_slice(part);
+    }
+    Ok((vec_to_py(py, packed), out.num_unparseable))
 }
 
 /// Rank reward (Eq. 3–5) per completion.
