@@ -239,7 +239,7 @@ def _flatten_completions(completions: Any) -> tuple[list, list[int] | None]:
         )
     if len(completions) == 0:
         raise ValueError("`completions` is empty")
-    nested = [not isinstance(c, str) and isinstance(c, Sequence | np.ndarray) for c in completions]
+    nested = [not isinstance(c, (str, bytes)) and isinstance(c, Sequence | np.ndarray) for c in completions]
     if not any(nested):
         return list(completions), None
     if not all(nested):
