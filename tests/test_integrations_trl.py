@@ -556,6 +556,10 @@ def _distributed_worker(out_dir: Path) -> None:
     except TypeError as err:
         record["error"] = str(err)
     (out_dir / f"rank{rank}.json").write_text(json.dumps(record))
+    # Tear gloo down explicitly: left to interpreter shutdown, its threads can abort the process
+    # ("terminate called without an active exception") after all the work is done.
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def test_two_processes_groups_straddling_ranks_get_rapo_of_the_gathered_batch(tmp_path):
