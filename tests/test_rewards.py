@@ -294,6 +294,7 @@ GOOD = {"pred": np.array([[0.1, 0.2], [0.3, 0.4]]), "gt": np.array([0.1, 0.3])}
         (lambda: rewards.rapo({"pred": GOOD["pred"], "gt": [0.1, np.nan]}), ValueError, "gt"),
         (lambda: rewards.rapo({"pred": GOOD["pred"], "gt": [0.1, 1.5]}), ValueError, "gt"),
         (lambda: rewards.rapo({"pred": [[0.1, np.inf]], "gt": [0.1]}), ValueError, "pred"),
+        (lambda: rewards.rapo({"pred": [[0.1, 1e200]], "gt": [0.1]}), ValueError, "pred"),
         (lambda: rewards.rapo({"pred": np.zeros((0, 2)), "gt": []}), ValueError, "pred"),
         (lambda: rewards.rapo({"pred": [["a", "b"]], "gt": [0.1]}), TypeError, "pred"),
         (lambda: rewards.rapo({"pred": GOOD["pred"], "gt": "0.1"}), TypeError, "gt"),

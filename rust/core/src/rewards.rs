@@ -128,16 +128,31 @@ pub struct RapoOutput {
     pub num_unparseable: usize,
 }
 
-/// Predictions may be NaN (unparseable) but not infinite.
+/// Largest |prediction| accepted: scores are O(1) (parsed ones lie in [0, 1]); the bound keeps
+/// every mean and variance finite.
+pub const MAX_ABS_PREDICTION: f64 = 1e150;
+
+/// Predictions may be NaN (unparseable) but must otherwise be finite and at most
+/// [`MAX_ABS_PREDICTION`] in magnitude.
 pub(crate) fn check_predictions(pred: &[f64]) -> Result<()> {
-    match pred.iter().position(|v| v.is_infinite()) {
-        Some(index) => Err(Error::NonFinite {
-            arg: "pred",
-            index,
-            value: pred[index],
-        }),
-        None => Ok(()),
+    for (index, &value) in pred.iter().enumerate() {
+        if value.is_infinite() {
+            return Err(Error::NonFinite {
+                arg: "pred",
+                index,
+                value,
+            });
+        }
+        if value.abs() > MAX_ABS_PREDICTION {
+            return Err(Error::OutOfRange {
+                arg: "pred",
+                index,
+                value,
+                range: "[-1e150, 1e150] (or NaN)",
+            });
+        }
     }
+    Ok(())
 }
 
 /// Ground truths are finite scores in [0, 1] (the paper normalises every dataset's MOS to [0, 1]).
