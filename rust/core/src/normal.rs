@@ -203,27 +203,29 @@ fn exp_dd<V: Vf64>(hi: V, lo: V) -> V {
     p.mul(shifted.pow2_from_shifted())
 }
 
-/// The coefficients of each lane's range. Where ranges 1 and 3 share a coefficient (their zero
-/// padding) one blend suffices; the test is on constants and folds away.
+/// The coefficients of the three ranges regrouped per power: `[range 1, range 2, range 3]` in
+/// the first three of eight slots, ready for a one-instruction lane permute.
+const fn by_power(table: &[[f64; 9]; 3]) -> [[f64; 8]; 9] {
+    let mut out = [[0.0; 8]; 9];
+    let mut k = 0;
+    while k < 9 {
+        out[k][0] = table[0][k];
+        out[k][1] = table[1][k];
+        out[k][2] = table[2][k];
+        k += 1;
+    }
+    out
+}
+
+static NUM_BY_POWER: [[f64; 8]; 9] = by_power(&NUM);
+static DEN_BY_POWER: [[f64; 8]; 9] = by_power(&DEN);
+
+/// The coefficients of each lane's range.
 #[inline(always)]
-fn blend9<V: Vf64>(
-    table: &[[f64; 9]; 3],
-    outer: V::Mask,
-    in_small: V::Mask,
-    in_large: V::Mask,
-) -> [V; 9] {
-    let s = V::splat;
-    let mut out = [s(0.0); 9];
-    for (k, o) in out.iter_mut().enumerate() {
-        *o = if table[0][k] == table[2][k] {
-            V::select(outer, s(table[0][k]), s(table[1][k]))
-        } else {
-            V::select(
-                in_small,
-                s(table[0][k]),
-                V::select(in_large, s(table[2][k]), s(table[1][k])),
-            )
-        };
+fn pick9<V: Vf64>(table: &[[f64; 8]; 9], cases: V::Cases) -> [V; 9] {
+    let mut out = [V::splat(0.0); 9];
+    for (o, t) in out.iter_mut().zip(table) {
+        *o = V::pick(cases, t);
     }
     out
 }
@@ -244,8 +246,9 @@ pub(crate) fn phi_pair<V: Vf64>(x: V) -> (V, V) {
     let w = ac.mul(ac);
     let v = V::select(outer, w, ac);
     let powers = Powers::new(v);
-    let num = powers.estrin9(blend9(&NUM, outer, in_small, in_large));
-    let den = powers.estrin9(blend9(&DEN, outer, in_small, in_large));
+    let cases = V::cases(in_small, in_large);
+    let num = powers.estrin9(pick9(&NUM_BY_POWER, cases));
+    let den = powers.estrin9(pick9(&DEN_BY_POWER, cases));
     // Range 3: Cody's (1/sqrt(2π) - u·N/D)/|x| with u = 1/w, as one fraction.
     let wden = w.mul(den);
     let ratio_num = V::select(

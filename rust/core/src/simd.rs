@@ -36,6 +36,26 @@ pub(crate) trait Vf64: Copy {
     /// 2ⁿ for lanes holding `1.5·2⁵² + n` (see `normal::exp_dd`): the bits plus 1023, shifted
     /// into the exponent field.
     fn pow2_from_shifted(self) -> Self;
+
+    /// Which of three cases each lane is in (first, else second, else third).
+    type Cases: Copy;
+    fn cases(first: Self::Mask, third: Self::Mask) -> Self::Cases;
+    /// `table[0]`, `table[1]` or `table[2]` per lane, by case.
+    fn pick(cases: Self::Cases, table: &[f64; 8]) -> Self;
+}
+
+/// `pick` from selects, for lane types without a cheap permute.
+#[inline(always)]
+fn pick_by_select<V: Vf64>(first: V::Mask, third: V::Mask, table: &[f64; 8]) -> V {
+    if table[0] == table[2] {
+        V::select(V::or(first, third), V::splat(table[0]), V::splat(table[1]))
+    } else {
+        V::select(
+            first,
+            V::splat(table[0]),
+            V::select(third, V::splat(table[2]), V::splat(table[1])),
+        )
+    }
 }
 
 /// Eight lanes loaded from and reduced to memory.
@@ -124,6 +144,15 @@ impl Vf64 for f64 {
     #[inline(always)]
     fn pow2_from_shifted(self) -> Self {
         f64::from_bits(self.to_bits().wrapping_add(1023) << 52)
+    }
+    type Cases = (bool, bool);
+    #[inline(always)]
+    fn cases(first: bool, third: bool) -> Self::Cases {
+        (first, third)
+    }
+    #[inline(always)]
+    fn pick(cases: Self::Cases, table: &[f64; 8]) -> Self {
+        pick_by_select::<f64>(cases.0, cases.1, table)
     }
 }
 
@@ -218,6 +247,15 @@ impl Vf64 for Portable8 {
     fn pow2_from_shifted(self) -> Self {
         Portable8(self.0.map(<f64 as Vf64>::pow2_from_shifted))
     }
+    type Cases = ([bool; 8], [bool; 8]);
+    #[inline(always)]
+    fn cases(first: [bool; 8], third: [bool; 8]) -> Self::Cases {
+        (first, third)
+    }
+    #[inline(always)]
+    fn pick(cases: Self::Cases, table: &[f64; 8]) -> Self {
+        pick_by_select::<Self>(cases.0, cases.1, table)
+    }
 }
 
 impl Lanes8 for Portable8 {
@@ -239,7 +277,7 @@ pub(crate) use x86::{Avx2x2, Avx512};
 mod x86 {
     //! The intrinsics below are only reached through functions compiled with the matching
     //! `#[target_feature]` (see `rank::partner_sums`), after a runtime CPU check.
-    use super::{Lanes8, Vf64};
+    use super::{pick_by_select, Lanes8, Vf64};
     use std::arch::x86_64::*;
 
     /// Eight lanes in one AVX-512 register.
@@ -323,6 +361,20 @@ mod x86 {
                 let bits = _mm512_add_epi64(_mm512_castpd_si512(self.0), _mm512_set1_epi64(1023));
                 Avx512(_mm512_castsi512_pd(_mm512_slli_epi64::<52>(bits)))
             }
+        }
+        /// Case numbers 0, 1, 2 as 64-bit lane indices for a permute.
+        type Cases = __m512i;
+        #[inline(always)]
+        fn cases(first: __mmask8, third: __mmask8) -> __m512i {
+            unsafe {
+                let second_or_third =
+                    _mm512_mask_blend_epi64(third, _mm512_set1_epi64(1), _mm512_set1_epi64(2));
+                _mm512_mask_blend_epi64(first, second_or_third, _mm512_set1_epi64(0))
+            }
+        }
+        #[inline(always)]
+        fn pick(cases: __m512i, table: &[f64; 8]) -> Self {
+            Avx512(unsafe { _mm512_permutexvar_pd(cases, _mm512_loadu_pd(table.as_ptr())) })
         }
     }
 
@@ -449,6 +501,15 @@ mod x86 {
                     _mm256_slli_epi64::<52>(_mm256_add_epi64(_mm256_castpd_si256(self.1), bias));
                 Avx2x2(_mm256_castsi256_pd(lo), _mm256_castsi256_pd(hi))
             }
+        }
+        type Cases = (Self::Mask, Self::Mask);
+        #[inline(always)]
+        fn cases(first: Self::Mask, third: Self::Mask) -> Self::Cases {
+            (first, third)
+        }
+        #[inline(always)]
+        fn pick(cases: Self::Cases, table: &[f64; 8]) -> Self {
+            pick_by_select::<Self>(cases.0, cases.1, table)
         }
     }
 
