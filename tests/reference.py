@@ -134,7 +134,8 @@ def rapo(
     rank = rank_reward(pred, gt, gamma, ties) if w_rank != 0 else np.zeros(pred.shape)
     absr = abs_reward(pred, gt_col, sigma, eps)
     binr = binary_reward(pred, gt_col, threshold)
-    fmt = np.zeros(pred.shape) if fmt is None else fmt
+    # An unparseable completion gets 0 from every component, the format reward included.
+    fmt = np.zeros(pred.shape) if fmt is None else np.where(np.isnan(pred), 0.0, fmt)
     total = ((w_rank * rank + w_abs * absr) + w_bin * binr) + w_fmt * fmt
     return {
         "rank": rank,

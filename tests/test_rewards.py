@@ -168,7 +168,7 @@ def test_rapo_from_completions_matches_reference(batch, styles):
     out = rewards.rapo({"completions": texts, "gt": gt}, weights=weights)
     want = ref.rapo(scores, gt, weights.as_tuple(), fmt=fmt)
     assert np.array_equal(out.scores, scores.ravel(), equal_nan=True)
-    assert np.array_equal(out.format, fmt.ravel())
+    assert np.array_equal(out.format, np.where(np.isnan(scores), 0.0, fmt).ravel())
     for name in ("rank", "abs", "binary", "total"):
         assert_close(getattr(out, name), want[name].ravel(), name)
     assert out.num_unparseable == int(np.isnan(scores).sum())
@@ -253,6 +253,15 @@ def test_unparseable_completions_get_nothing():
     assert out.num_unparseable == 2
     assert out.total[0] == 0.0 and out.total[3] == 0.0
     assert out.rank[1] > 0.5 and out.abs[1] == 1.0 + 1e-5
+
+
+def test_well_formed_but_unparseable_gets_no_format_reward():
+    text = "<think>Soft light.</think><answer>high</answer>"
+    assert rewards.format_reward([text])[0] == 1.0
+    out = rewards.rapo(
+        {"completions": [[text, "<think>t</think><answer>0.5</answer>"]], "gt": [0.5]}, weights={"format": 1}
+    )
+    assert out.format.tolist() == [0.0, 1.0] and out.total.tolist() == [0.0, 1.0]
 
 
 def test_image_without_parseable_scores_is_not_a_partner():

@@ -16,8 +16,8 @@ Components, per completion k of image i with parsed score o_ik and ground truth 
 
 μ_j and σ_j² are the mean and unbiased variance of image j's parseable scores (variance 0 with
 fewer than two); partners j are the other images with at least one parseable score. An
-unparseable completion (score NaN) gets 0 from every score-based component and is left out of μ
-and σ². ``1 − p`` is evaluated as Φ(−z), exact in the tail.
+unparseable completion (score NaN) gets 0 from every component (the format reward too) and is
+left out of μ and σ². ``1 − p`` is evaluated as Φ(−z), exact in the tail.
 
 Batches: either K completions (or predictions) per image, given as a list of lists, an (N, K)
 array, or a flat sequence with ``num_generations=K`` (trl's layout); or a flat sequence whose
@@ -97,7 +97,7 @@ class RapoResult:
     binary: np.ndarray
     """Binary reward (Eq. 13)."""
     format: np.ndarray
-    """Format reward (zeros when the batch has predictions instead of completions)."""
+    """Format reward, 0 where the score is unparseable (zeros for a `pred` batch)."""
     scores: np.ndarray
     """Parsed scores (the predictions themselves for a `pred` batch); NaN where unparseable."""
     advantages: np.ndarray

@@ -7,8 +7,8 @@
 //! * total, Eq. 7 generalised: a weighted sum of the components (RAPO: rank 1, abs 1)
 //! * advantage, Eq. 9: `(r − mean(R_i)) / (std(R_i) + 1e-4)` within each image's group
 //!
-//! An unparseable completion (prediction NaN) gets 0 from every score-based component and is left
-//! out of the rank reward's means and variances.
+//! An unparseable completion (prediction NaN) gets 0 from every component (the format reward too)
+//! and is left out of the rank reward's means and variances.
 
 use crate::error::{Error, Result};
 use crate::groups::Groups;
@@ -317,7 +317,8 @@ pub fn group_advantages(rewards: &[f64], groups: &Groups) -> Result<Vec<f64>> {
 ///
 /// * `pred`: one parsed score per completion (NaN when unparseable), input order.
 /// * `gt`: one ground truth in [0, 1] per group.
-/// * `format`: the format reward per completion, required when `weights.format != 0`.
+/// * `format`: the format reward per completion (see [`crate::format_ok`]), required when
+///   `weights.format != 0`; it counts only for completions with a parseable score.
 pub fn rapo(
     pred: &[f64],
     gt: &[f64],
@@ -369,7 +370,15 @@ pub fn rapo(
         .zip(&gt_item)
         .map(|(&o, &s)| binary_one(o, s, config.threshold))
         .collect();
-    let format = format.map_or_else(|| vec![0.0; pred.len()], <[f64]>::to_vec);
+    // An unparseable completion gets 0 from every component, the format reward included.
+    let format: Vec<f64> = match format {
+        Some(f) => f
+            .iter()
+            .zip(pred)
+            .map(|(&v, o)| if o.is_nan() { 0.0 } else { v })
+            .collect(),
+        None => vec![0.0; pred.len()],
+    };
     let w = config.weights;
     let total: Vec<f64> = (0..pred.len())
         .map(|m| {
