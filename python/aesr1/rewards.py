@@ -381,9 +381,10 @@ def rapo(
 
     `batch` is a mapping with ``completions`` (N·K strings, or N lists of strings) and ``gt``, or
     with ``pred`` (scores, NaN = unparseable; (N, K) or flat) and ``gt``; a ``(pred, gt)`` tuple
-    also works. ``gt`` holds the normalised MOS in [0, 1], one per image or one per completion.
-    Flat batches need `num_generations` (K contiguous completions per image, trl) or `group_ids`
-    (a label per completion, any order, verl). Lists of lists and 2-D arrays carry their groups.
+    also works. ``gt`` holds the normalised MOS in [0, 1], one per image or one per completion
+    (equal within an image). Flat batches need `num_generations` (K contiguous completions per
+    image, trl) or `group_ids` (a label per completion, any order, verl; then ``gt`` is given per
+    completion). Lists of lists and 2-D arrays carry their groups.
 
     `weights` picks the components: None (RAPO: rank + abs), a `RewardWeights`, a mapping such as
     ``{"abs": 1, "binary": 1}`` (missing components weigh 0) or a preset name from
