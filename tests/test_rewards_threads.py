@@ -8,6 +8,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 SCRIPT = textwrap.dedent(
     """
     import json, sys
@@ -46,3 +48,42 @@ def test_results_do_not_depend_on_thread_count():
     one, three = run(1), run(3)
     assert one.pop("threads") == 1 and three.pop("threads") == 3
     assert one == three
+
+
+FORK_SCRIPT = textwrap.dedent(
+    """
+    import os
+    import numpy as np
+    from aesr1 import metrics, rewards
+
+    rng = np.random.default_rng(0)
+    gt, pred = rng.random(256), rng.random((256, 8))
+    parent = rewards.rapo({"pred": pred, "gt": gt}).total  # the parent's pool is now running
+    x = rng.random(300_000)
+    y = x + rng.random(x.size)
+    parent_metrics = metrics.evaluate(x, y)
+
+    def child_ok():
+        same = np.array_equal(rewards.rapo({"pred": pred, "gt": gt}).total, parent)
+        return same and metrics.evaluate(x, y) == parent_metrics
+
+    pid = os.fork()
+    if pid == 0:
+        grandchild = os.fork()  # a fork of a fork gets its own pool again
+        if grandchild == 0:
+            os._exit(0 if child_ok() else 1)
+        _, status = os.waitpid(grandchild, 0)
+        os._exit(0 if child_ok() and status == 0 else 1)
+    _, status = os.waitpid(pid, 0)
+    print(status)
+    """
+)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX-only")
+def test_forked_children_compute_without_deadlock():
+    """fork() keeps rayon's pool but not its threads; children (DataLoader workers) must not hang."""
+    result = subprocess.run(
+        [sys.executable, "-c", FORK_SCRIPT], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert result.stdout.strip() == "0"

@@ -11,6 +11,7 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedStr;
 use pyo3::types::{PySequence, PyString};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// Core errors surface as `ValueError` with the core's message (which names the argument).
 struct CoreError(core::Error);
@@ -123,7 +124,7 @@ fn ndtr<'py>(
     x: PyReadonlyArray1<'py, f64>,
 ) -> PyResult<Bound<'py, PyArray1<f64>>> {
     let x = slice("x", &x)?;
-    let out = py.detach(|| x.iter().map(|&v| core::ndtr(v)).collect());
+    let out = detached(py, || x.iter().map(|&v| core::ndtr(v)).collect());
     Ok(vec_to_py(py, out))
 }
 
@@ -134,7 +135,7 @@ fn parse_scores<'py>(
     completions: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyArray1<f64>>> {
     let texts = strings("completions", completions)?;
-    let out = py.detach(|| core::parse_scores(&texts));
+    let out = detached(py, || core::parse_scores(&texts));
     Ok(vec_to_py(py, out))
 }
 
@@ -145,7 +146,7 @@ fn format_rewards<'py>(
     completions: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyArray1<f64>>> {
     let texts = strings("completions", completions)?;
-    let out = py.detach(|| core::format_rewards(&texts));
+    let out = detached(py, || core::format_rewards(&texts));
     Ok(vec_to_py(py, out))
 }
 
@@ -156,7 +157,7 @@ fn parse_completions<'py>(
     completions: &Bound<'py, PyAny>,
 ) -> PyResult<(Array<'py>, Array<'py>)> {
     let texts = strings("completions", completions)?;
-    let (scores, format) = py.detach(|| {
+    let (scores, format) = detached(py, || {
         rayon::join(
             || core::parse_scores(&texts),
             || core::format_rewards(&texts),
@@ -202,9 +203,7 @@ fn rapo<'py>(
         threshold,
         ties: parse_ties(ties)?,
     };
-    let out = py
-        .detach(|| core::rapo(pred, gt, &groups, &config, format))
-        .map_err(CoreError)?;
+    let out = detached(py, || core::rapo(pred, gt, &groups, &config, format)).map_err(CoreError)?;
     let mut packed = Vec::with_capacity(6 * out.total.len());
     for part in [
         &out.total,
@@ -234,7 +233,9 @@ fn rank_reward<'py>(
     let (pred, gt) = (slice("pred", &pred)?, slice("gt", &gt)?);
     let groups = groups(pred.len(), group_size, group_ids.as_ref())?;
     let ties = parse_ties(ties)?;
-    let out: CoreResult<_> = py.detach(|| Ok(core::rank_reward(pred, gt, &groups, gamma, ties)?));
+    let out: CoreResult<_> = detached(py, || {
+        Ok(core::rank_reward(pred, gt, &groups, gamma, ties)?)
+    });
     Ok(vec_to_py(py, out?))
 }
 
@@ -299,9 +300,7 @@ macro_rules! metric {
             omit: bool,
         ) -> PyResult<f64> {
             let (pred, gt) = (slice("pred", &pred)?, slice("gt", &gt)?);
-            Ok(py
-                .detach(|| core::$name(pred, gt, policy(omit)))
-                .map_err(CoreError)?)
+            Ok(detached(py, || core::$name(pred, gt, policy(omit))).map_err(CoreError)?)
         }
     };
 }
@@ -325,20 +324,55 @@ fn evaluate<'py>(
     omit: bool,
 ) -> PyResult<(f64, f64, f64, usize)> {
     let (pred, gt) = (slice("pred", &pred)?, slice("gt", &gt)?);
-    let c = py
-        .detach(|| core::evaluate(pred, gt, policy(omit)))
-        .map_err(CoreError)?;
+    let c = detached(py, || core::evaluate(pred, gt, policy(omit))).map_err(CoreError)?;
     Ok((c.plcc, c.srcc, c.krcc, c.n))
 }
 
 /// Number of threads rayon uses (set `RAYON_NUM_THREADS` before the first call to change it).
 #[pyfunction]
-fn num_threads() -> usize {
-    rayon::current_num_threads()
+fn num_threads(py: Python<'_>) -> usize {
+    detached(py, rayon::current_num_threads)
+}
+
+/// Process that imported the module: its work runs on rayon's global pool.
+static MODULE_PID: OnceLock<u32> = OnceLock::new();
+/// A forked child's own pool, with the pid it belongs to.
+static CHILD_POOL: Mutex<Option<(u32, Arc<rayon::ThreadPool>)>> = Mutex::new(None);
+
+/// Runs `f` detached from the interpreter, on a thread pool that exists in this process.
+///
+/// Why: `fork()` copies rayon's global pool but not its threads, so a forked child (a DataLoader
+/// worker, a multiprocessing "fork" worker) that used the parent's pool would wait forever. A
+/// child therefore gets a pool of its own, built on first use (like tokenizers, which detects
+/// forks for the same reason).
+fn detached<T: Send>(py: Python<'_>, f: impl FnOnce() -> T + Send) -> T {
+    let pid = std::process::id();
+    if MODULE_PID.get() == Some(&pid) {
+        return py.detach(f);
+    }
+    let pool = {
+        let mut slot = CHILD_POOL
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match slot.as_ref() {
+            Some((owner, pool)) if *owner == pid => Arc::clone(pool),
+            _ => {
+                let pool = Arc::new(
+                    rayon::ThreadPoolBuilder::new()
+                        .build()
+                        .expect("a thread pool for this process"),
+                );
+                *slot = Some((pid, Arc::clone(&pool)));
+                pool
+            }
+        }
+    };
+    py.detach(|| pool.install(f))
 }
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    MODULE_PID.get_or_init(std::process::id);
     m.add("__version__", core::version())?;
     m.add_function(wrap_pyfunction!(ndtr, m)?)?;
     m.add_function(wrap_pyfunction!(parse_scores, m)?)?;
