@@ -183,11 +183,24 @@ fn rank_row(
         half,
         partners,
     };
-    row.partner_sums(values, out);
+    // Completions of one image often give the same score (two-decimal answers): evaluate each
+    // distinct score once. Equal inputs give equal bits, so this changes no result (-0 and +0
+    // give the same terms, so `+ 0.0` may merge them).
+    let mut distinct: Vec<f64> = values
+        .iter()
+        .filter(|v| !v.is_nan())
+        .map(|v| v + 0.0)
+        .collect();
+    distinct.sort_unstable_by(f64::total_cmp);
+    distinct.dedup_by(|a, b| a == b);
+    let mut sums = vec![0.0; distinct.len()];
+    row.partner_sums(&distinct, &mut sums);
     for (&v, o) in values.iter().zip(out.iter_mut()) {
         if v.is_nan() {
             continue;
         }
+        let key = v + 0.0;
+        *o = sums[distinct.partition_point(|d| d.total_cmp(&key).is_lt())];
         for &p in &tied {
             let (p_ij, q_ij) = ndtr_pair(
                 (v - partners.mean[p]) * (1.0 / (var_i + partners.var[p] + gamma).sqrt()),
