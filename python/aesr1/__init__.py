@@ -6,4 +6,13 @@ import torch/transformers lazily and live behind the `aesr1[train]` extra.
 
 from aesr1._core import __version__
 
-__all__ = ["__version__"]
+__all__ = ["Scorer", "__version__"]
+
+
+def __getattr__(name: str):
+    # Lazy: `import aesr1` must stay numpy-only; Scorer pulls in torch and transformers.
+    if name == "Scorer":
+        from aesr1.score import Scorer
+
+        return Scorer
+    raise AttributeError(f"module 'aesr1' has no attribute {name!r}")
