@@ -12,7 +12,7 @@ ranks before rewards are computed, so a group's completions are no longer adjace
 Importing this module registers the manager under the name "rapo" in verl's reward-manager registry
 (`verl.workers.reward_manager.register`) when verl is installed. The module can also be loaded from
 its file path by verl's importlib loader (`custom_reward_function.path`): that load registers the same
-class and exposes `compute_score`. See docs/integrations.md for the configuration lines.
+class and exposes `compute_score`. See the README section "RAPO in other RL stacks" for the configuration lines.
 
 `compute_score` is the per-sample form verl's naive manager and reward loop call. It can give the
 absolute (Eq. 6), binary (Eq. 13) and format rewards only: the rank reward (Eq. 3-5) of a completion
