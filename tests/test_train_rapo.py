@@ -208,3 +208,23 @@ def test_bad_trainer_input(trained, items, tmp_path):
     model, processor = trained
     with pytest.raises(ValueError, match="reference"):
         RAPOTrainer(small_config(tmp_path), copy.deepcopy(model), processor, items, ref_model=None, output_dir=tmp_path)
+
+
+@pytest.mark.parametrize("name", ["table2_binary", "table2_abs", "table2_rank", "table2_binary_rank", "table2_abs_rank"])
+def test_table2_reward_combinations_run_by_config(trained, items, tmp_path, name):
+    from aesr1.train.config import load_config
+
+    config = config_from_dict(
+        {"output_dir": str(tmp_path), "progress": False, "tensorboard": False, "eval": {"interval": 0},
+         "rapo": {"mini_batch_size": 8, "steps_per_generation": 1, "micro_batch_size": 8,
+                  "max_completion_length": 40, "max_steps": 1, "learning_rate": 1e-3}},
+        load_config(name),
+    )  # fmt: skip
+    trainer = make_trainer(config, trained, items, tmp_path)
+    metrics = trainer.train()
+    weights = {"rank": config.reward.rank, "abs": config.reward.abs, "binary": config.reward.binary}
+    expected = sum(w * metrics[f"reward/{c}"] for c, w in weights.items())
+    assert metrics["reward/total"] == pytest.approx(expected, abs=1e-9)
+    for component, weight in weights.items():
+        if weight == 0 and component == "rank":
+            assert metrics["reward/rank"] == 0.0  # not computed when unweighted

@@ -285,33 +285,33 @@ def _level(value: float, low: float, high: float) -> int:
 
 
 _LIGHT = (
-    ("flat, shadowless light", "dull light with no modelling"),
-    ("soft light", "gentle light with soft shadows"),
-    ("strong light that models the form", "crisp light with deep shadows"),
+    ("flat light", "dull, shadowless light"),
+    ("soft light", "gentle shadows"),
+    ("strong light", "light that models the form"),
 )
 _MOOD = (
-    ("a dull mood", "a muddled mood that tells little"),
-    ("a quiet mood", "a calm mood with a simple story"),
-    ("a vivid mood", "a lively mood that draws the eye"),
+    ("dull", "muddled"),
+    ("quiet", "calm"),
+    ("vivid", "lively"),
 )
 _COMPOSITION = (
-    "the {subject} sits far from the thirds",
-    "the {subject} sits near a third",
-    "the {subject} sits on a third",
+    "{subject} far from the thirds",
+    "{subject} near a third",
+    "{subject} on a third",
 )
 _COLOR = {
-    "analogous": "an analogous, unified palette",
-    "complementary": "a complementary palette",
-    "triadic": "a triadic palette",
-    "muted": "a muted, washed palette",
+    "analogous": "analogous palette",
+    "complementary": "complementary palette",
+    "triadic": "triadic palette",
+    "muted": "muted palette",
     "clashing": "clashing colours",
 }
 _EXPOSURE_DIRECTION = {
-    -2: "badly under-exposed",
+    -2: "very dark",
     -1: "a little dark",
     0: "well exposed",
     1: "a little bright",
-    2: "badly over-exposed",
+    2: "washed out",
 }
 _TECHNIQUE = (
     ("soft and noisy", "blurred and grainy"),
@@ -319,18 +319,20 @@ _TECHNIQUE = (
     ("crisp and clean", "sharp and clean"),
 )
 _OVERALL = {
-    "bad": ("Overall, a weak image.", "Overall, a poor picture."),
-    "fair": ("Overall, an average image.", "Overall, a fair picture."),
-    "good": ("Overall, a strong image.", "Overall, a fine picture."),
+    "bad": ("a weak image", "a poor picture"),
+    "fair": ("an average image", "a fair picture"),
+    "good": ("a strong image", "a fine picture"),
 }
 
 
 def write_critique(item: ScoredImage, rng: random.Random | None = None, *, vary: bool = False) -> str:
     """A short critique of a synthetic image along the five dimensions of Table 5.
 
-    One sentence per dimension (Light and Shadow <- contrast; Mood and Narrative <- the overall
-    bin; Composition <- thirds and subject; Color <- palette; Exposure <- exposure, sharpness and
-    noise), then an overall judgment that matches the score's bin. The score is never stated: the
+    One terse sentence per dimension (Light and Shadow <- contrast; Mood and Narrative <- the
+    overall bin; Composition <- thirds and subject; Color <- palette; Exposure <- exposure, sharpness
+    and noise), then an overall judgment that matches the score's bin. Terse on purpose: the score
+    is one token of the completion, and the fewer tokens around it, the more of the SFT loss and of
+    the RL signal it gets (and the faster a CPU samples it). The score is never stated: the
     text holds no digits. The wording is a deterministic function of the attributes; with
     `vary=True`, `rng` (or a fresh one) picks among synonyms of equal meaning.
     """
@@ -352,10 +354,10 @@ def write_critique(item: ScoredImage, rng: random.Random | None = None, *, vary:
     mood = {"bad": 0, "fair": 1, "good": 2}[bin_name]
     sentences = [
         f"Light and shadow: {pick(_LIGHT[_level(float(a['contrast']), 0.35, 0.7)])}.",
-        f"Mood and narrative: {pick(_MOOD[mood])}.",
+        f"Mood: {pick(_MOOD[mood])}.",
         f"Composition: {_COMPOSITION[_level(float(a['thirds']), 0.35, 0.7)].format(subject=a['subject'])}.",
         f"Color: {_COLOR[a['palette']]}.",
         f"Exposure: {_EXPOSURE_DIRECTION[direction]}, {pick(_TECHNIQUE[technique])}.",
-        pick(_OVERALL[bin_name]),
+        f"Overall: {pick(_OVERALL[bin_name])}.",
     ]
     return " ".join(sentences)

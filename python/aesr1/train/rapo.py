@@ -379,9 +379,13 @@ class RAPOTrainer:
                     print(f"[rapo] resumed from {path} at step {self.position.step}")
         bar = None
         if self.config.progress and acc.is_main_process:
+            import sys
+
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=self.total_steps, initial=self.position.step, desc="RAPO", unit="step", dynamic_ncols=True)
+            # Redirected output (a log file) gets a line every 30 s instead of every step.
+            bar = tqdm(total=self.total_steps, initial=self.position.step, desc="RAPO", unit="step",
+                       dynamic_ncols=True, mininterval=0.2 if sys.stderr.isatty() else 30)  # fmt: skip
         last: dict[str, Any] = {}
         next_eval = self._next_multiple(self.position.step, self.config.eval.interval)
         next_save = self._next_multiple(self.position.step, self.config.save_interval)
