@@ -221,6 +221,7 @@ def run_pipeline(config: TrainConfig, *, resume: bool = False, stages: tuple[str
         if config.model.name_or_path is None and state.is_main_process:
             model.save_pretrained(initial_dir)
             processor.save_pretrained(initial_dir)
+    state.wait_for_everyone()
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     if config.eval.evaluate_untrained and "untrained" not in results.rows:
         evaluate(model.to(accelerator.device), processor, "untrained", accelerator)
@@ -229,6 +230,7 @@ def run_pipeline(config: TrainConfig, *, resume: bool = False, stages: tuple[str
     if "sft" in stages and config.sft.epochs > 0:
         if not (resume and (sft_final / "config.json").exists()):
             run_sft(config, model, processor, rows, out / "sft", resume=resume)
+        state.wait_for_everyone()  # the main process writes sft/final
         del model
         model, processor = load(config, sft_final)
         if "sft" not in results.rows:

@@ -203,11 +203,27 @@ class RAPOTrainer:
         if ref_model is not None and self.cfg.beta > 0:
             ref_model.requires_grad_(False)
             ref_model.eval()
-            self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
+            self.ref_model = self._prepare_reference(ref_model)
         self.accelerator.register_for_checkpointing(self.position)
         self.logger = MetricsLogger(
             self.output_dir, "rapo", enabled=self.accelerator.is_main_process, tensorboard=config.tensorboard
         )
+
+    def _prepare_reference(self, ref_model):
+        """The frozen reference on this process: sharded like the policy under DeepSpeed/FSDP (trl's
+        helpers), else just moved to the device."""
+        from accelerate.utils import DistributedType
+
+        kind = self.accelerator.distributed_type
+        if kind == DistributedType.DEEPSPEED:
+            from trl.models.utils import prepare_deepspeed
+
+            return prepare_deepspeed(ref_model, self.accelerator)
+        if kind == DistributedType.FSDP:
+            from trl.models.utils import prepare_fsdp
+
+            return prepare_fsdp(ref_model, self.accelerator)
+        return ref_model.to(self.accelerator.device)
 
     # ------------------------------------------------------------------------------------------------
     # Rollouts
