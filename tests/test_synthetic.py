@@ -77,8 +77,9 @@ def test_score_is_the_documented_function(items):
     noise=st.floats(0, 1),
 )
 def test_score_formula_property(exposure, contrast, harmony, thirds, sharpness, noise):
-    a = dict(exposure=exposure, contrast=contrast, harmony=harmony, thirds=thirds, sharpness=sharpness,
-             noise=noise)
+    a = dict(
+        exposure=exposure, contrast=contrast, harmony=harmony, thirds=thirds, sharpness=sharpness, noise=noise
+    )
     assert synthetic_score(a) == pytest.approx(reference_score(a), abs=1e-12)
     assert 0.0 <= synthetic_score(a) <= 1.0
 
@@ -105,8 +106,16 @@ def test_deterministic_across_directories(tmp_path):
 
 
 def _attrs(**overrides) -> dict:
-    base = dict(exposure=0.0, contrast=0.8, harmony=0.9, palette="analogous", thirds=1.0, sharpness=1.0,
-                noise=0.0, subject="circle")
+    base = dict(
+        exposure=0.0,
+        contrast=0.8,
+        harmony=0.9,
+        palette="analogous",
+        thirds=1.0,
+        sharpness=1.0,
+        noise=0.0,
+        subject="circle",
+    )
     base.update(overrides)
     return base
 
@@ -157,15 +166,18 @@ def test_critique_covers_dimensions_and_never_leaks(items):
 def test_critique_is_deterministic_and_informative(items):
     assert [write_critique(i) for i in items[:20]] == [write_critique(i) for i in items[:20]]
     # An rng alone changes nothing (AesCoT's template expert passes one); vary=True picks synonyms.
-    assert [write_critique(i, random.Random(3)) for i in items[:20]] == [write_critique(i) for i in items[:20]]
+    assert [write_critique(i, random.Random(3)) for i in items[:20]] == [
+        write_critique(i) for i in items[:20]
+    ]
     a, b = random.Random(5), random.Random(5)
     varied = [write_critique(i, a, vary=True) for i in items[:20]]
     assert varied == [write_critique(i, b, vary=True) for i in items[:20]]
     assert varied != [write_critique(i) for i in items[:20]]
     # The words follow the pixels: exposure direction and palette are named.
     base = ScoredImage(image="x.png", score=0.5, source="synthetic", id="x", attributes=_attrs())
-    under = ScoredImage(image="x.png", score=0.2, source="synthetic", id="y",
-                        attributes=_attrs(exposure=-0.9))
+    under = ScoredImage(
+        image="x.png", score=0.2, source="synthetic", id="y", attributes=_attrs(exposure=-0.9)
+    )
     assert "well exposed" in write_critique(base)
     assert "very dark" in write_critique(under)
     assert "analogous" in write_critique(base)

@@ -33,7 +33,11 @@ def _free_port() -> int:
 
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     os.environ.update(
-        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
     )
     torch.set_num_threads(1)
     from accelerate import Accelerator
@@ -75,8 +79,14 @@ def _trainer_round(accelerator, out_dir: str) -> dict:
     trainer = RAPOTrainer(config, model, processor, items, output_dir=out_dir, accelerator=accelerator)
     shares = trainer._local_share(list(range(4)))
     trainer.train()
-    flat = torch.cat([p.detach().flatten() for p in trainer.accelerator.unwrap_model(trainer.model).parameters()])
-    return {"share": np.array(shares), "params_head": flat[:4096].numpy(), "params_sum": np.array(flat.double().sum())}
+    flat = torch.cat(
+        [p.detach().flatten() for p in trainer.accelerator.unwrap_model(trainer.model).parameters()]
+    )
+    return {
+        "share": np.array(shares),
+        "params_head": flat[:4096].numpy(),
+        "params_sum": np.array(flat.double().sum()),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +104,9 @@ def test_rank_reward_sees_the_whole_gathered_batch(runs):
     np.testing.assert_allclose(np.concatenate([runs[0]["global_adv"], runs[1]["global_adv"]]),
                                everything.advantages, atol=1e-12)  # fmt: skip
     # Unparseable share is batch-wide (1 of 16) on both processes.
-    assert float(runs[0]["global_unparseable"]) == float(runs[1]["global_unparseable"]) == pytest.approx(1 / 16)
+    assert (
+        float(runs[0]["global_unparseable"]) == float(runs[1]["global_unparseable"]) == pytest.approx(1 / 16)
+    )
 
 
 def test_local_scope_compares_within_each_process_only(runs):

@@ -37,7 +37,9 @@ def trained(items):
     rng = random.Random(0)
     for _ in range(40):
         rows = rng.sample(range(len(items)), 8)
-        batch = build_inputs(processor, [items[r].image for r in rows], SCORING_PROMPT, [completions[r] for r in rows])
+        batch = build_inputs(
+            processor, [items[r].image for r in rows], SCORING_PROMPT, [completions[r] for r in rows]
+        )
         loss = model(**model_inputs(batch), labels=batch["labels"]).loss
         loss.backward()
         optimizer.step()
@@ -51,9 +53,17 @@ def small_config(tmp_path, **rapo):
         "progress": False,
         "tensorboard": False,
         "save_interval": 2,
-        "rapo": {"num_generations": 4, "mini_batch_size": 8, "steps_per_generation": 2, "micro_batch_size": 4,
-                 "max_completion_length": 40, "learning_rate": 1e-3, "epochs": 1.0, "max_steps": 4,
-                 **rapo},  # fmt: skip
+        "rapo": {
+            "num_generations": 4,
+            "mini_batch_size": 8,
+            "steps_per_generation": 2,
+            "micro_batch_size": 4,
+            "max_completion_length": 40,
+            "learning_rate": 1e-3,
+            "epochs": 1.0,
+            "max_steps": 4,
+            **rapo,
+        },  # fmt: skip
         "eval": {"interval": 0},
     }
     return config_from_dict(values)
@@ -91,7 +101,9 @@ def test_rollout_shapes_groups_and_advantages(trained, items, tmp_path):
         assert abs(float(data.advantages[g * k : (g + 1) * k].sum())) < 1e-4
     # old log-probs come from the generating policy: the first step of the round is on-policy.
     metrics = trainer.optimiser_step(data, list(range(0, rows // 2)))
-    assert metrics["ratio_min"] == pytest.approx(1.0, abs=1e-4) and metrics["ratio_max"] == pytest.approx(1.0, abs=1e-4)
+    assert metrics["ratio_min"] == pytest.approx(1.0, abs=1e-4) and metrics["ratio_max"] == pytest.approx(
+        1.0, abs=1e-4
+    )
     assert np.isfinite(metrics["entropy"]) and metrics["entropy"] > 0
 
 
@@ -107,9 +119,13 @@ def _round_gt(trainer, items, round_index):
 
 def test_select_rows_keeps_layout(trained, items):
     _, processor = trained
-    batch = build_inputs(processor, [i.image for i in items[:3]], SCORING_PROMPT, ["<think>a</think>", "b", "cc"])
+    batch = build_inputs(
+        processor, [i.image for i in items[:3]], SCORING_PROMPT, ["<think>a</think>", "b", "cc"]
+    )
     sub = select_rows(batch, [2, 0])
-    assert torch.equal(sub["input_ids"][0, : batch["prompt_length"]], batch["input_ids"][2, : batch["prompt_length"]])
+    assert torch.equal(
+        sub["input_ids"][0, : batch["prompt_length"]], batch["input_ids"][2, : batch["prompt_length"]]
+    )
     offsets = patch_offsets(batch["image_grid_thw"]).tolist()
     assert torch.equal(sub["pixel_values"][: offsets[1]], batch["pixel_values"][offsets[2] : offsets[3]])
 
@@ -188,7 +204,9 @@ def test_kill_and_resume_gives_identical_state(trained, items, tmp_path):
     resumed = make_trainer(small_config(killed_dir, max_steps=steps), trained, items, killed_dir)
     resumed.train(resume=True)
     assert resumed.position.state_dict() == full.position.state_dict()
-    for (name, a), (_, b) in zip(full.model.named_parameters(), resumed.model.named_parameters(), strict=True):
+    for (name, a), (_, b) in zip(
+        full.model.named_parameters(), resumed.model.named_parameters(), strict=True
+    ):
         assert torch.equal(a, b), name
     sa, sb = full.optimizer.state_dict()["state"], resumed.optimizer.state_dict()["state"]
     for key in sa:
@@ -207,10 +225,19 @@ def test_bad_trainer_input(trained, items, tmp_path):
         make_trainer(config, trained, items[:5], tmp_path)
     model, processor = trained
     with pytest.raises(ValueError, match="reference"):
-        RAPOTrainer(small_config(tmp_path), copy.deepcopy(model), processor, items, ref_model=None, output_dir=tmp_path)
+        RAPOTrainer(
+            small_config(tmp_path),
+            copy.deepcopy(model),
+            processor,
+            items,
+            ref_model=None,
+            output_dir=tmp_path,
+        )
 
 
-@pytest.mark.parametrize("name", ["table2_binary", "table2_abs", "table2_rank", "table2_binary_rank", "table2_abs_rank"])
+@pytest.mark.parametrize(
+    "name", ["table2_binary", "table2_abs", "table2_rank", "table2_binary_rank", "table2_abs_rank"]
+)
 def test_table2_reward_combinations_run_by_config(trained, items, tmp_path, name):
     from aesr1.train.config import load_config
 

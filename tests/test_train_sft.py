@@ -51,7 +51,9 @@ def test_sft_resume_continues_from_checkpoint(rows, tmp_path):
     model, processor = tiny(rows)
     run_sft(sft_config(tmp_path, max_steps=2), model, processor, rows, tmp_path / "sft")
     model, processor = tiny(rows)
-    trainer = run_sft(sft_config(tmp_path, max_steps=4), model, processor, rows, tmp_path / "sft", resume=True)
+    trainer = run_sft(
+        sft_config(tmp_path, max_steps=4), model, processor, rows, tmp_path / "sft", resume=True
+    )
     assert trainer.state.global_step == 4
     steps = [r["step"] for r in read_metrics(tmp_path / "sft" / "sft_metrics.jsonl") if "loss" in r]
     assert steps == [1, 2, 3, 4]

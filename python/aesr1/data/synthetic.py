@@ -71,14 +71,24 @@ PALETTES: dict[str, tuple[float, tuple[float, float], float]] = {
 
 #: The keys of `ScoredImage.attributes` for synthetic records (interface 1).
 ATTRIBUTE_KEYS: tuple[str, ...] = (
-    "exposure", "contrast", "harmony", "palette", "thirds", "sharpness", "noise", "subject"
+    "exposure",
+    "contrast",
+    "harmony",
+    "palette",
+    "thirds",
+    "sharpness",
+    "noise",
+    "subject",
 )
 
 SUBJECTS: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "ring")
 
 #: Rule-of-thirds power points in image-width units.
 POWER_POINTS: tuple[tuple[float, float], ...] = (
-    (1 / 3, 1 / 3), (2 / 3, 1 / 3), (1 / 3, 2 / 3), (2 / 3, 2 / 3)
+    (1 / 3, 1 / 3),
+    (2 / 3, 1 / 3),
+    (1 / 3, 2 / 3),
+    (2 / 3, 2 / 3),
 )
 #: Distance at which `thirds` reaches 0: the image centre is this far from every power point.
 THIRDS_RANGE = math.sqrt(2.0) / 6.0
@@ -279,6 +289,7 @@ def train_test_split(
 # used only with `vary=True`: random wording that does not depend on the image is pure noise for the
 # RL stage (it makes the K completions of a group diverge early for no reason), so the embedded
 # default trains on the deterministic wording.
+
 
 def _level(value: float, low: float, high: float) -> int:
     return 0 if value < low else (2 if value >= high else 1)

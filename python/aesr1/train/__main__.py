@@ -17,14 +17,20 @@ import time
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m aesr1.train", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", help="YAML config (a file, or a packaged name such as appendix_c_qwen2_5_vl_7b)")
+    parser.add_argument(
+        "--config", help="YAML config (a file, or a packaged name such as appendix_c_qwen2_5_vl_7b)"
+    )
     parser.add_argument("--model", help="local Qwen2.5-VL-style checkpoint directory (model.name_or_path)")
     parser.add_argument("--data", help="dataset spec, e.g. ava:/data/AVA,tad66k:/data/TAD66K or synthetic")
     parser.add_argument("--cold-start", help="AesCoT JSONL for the SFT stage (data.cold_start)")
     parser.add_argument("--output-dir", help="where checkpoints, logs, the table and the plot go")
     parser.add_argument("--seed", type=int, help="run seed")
-    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output-dir")
-    parser.add_argument("--stages", default="sft,rapo", help="comma-separated stages to run (default sft,rapo)")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from the last checkpoint in --output-dir"
+    )
+    parser.add_argument(
+        "--stages", default="sft,rapo", help="comma-separated stages to run (default sft,rapo)"
+    )
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one config value (YAML syntax), e.g. --set rapo.learning_rate=2e-6")  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")

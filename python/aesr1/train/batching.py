@@ -26,7 +26,9 @@ def patch_offsets(image_grid_thw: torch.Tensor) -> torch.Tensor:
     return torch.cat([counts.new_zeros(1), counts.cumsum(0)])
 
 
-def select_rows(batch: dict[str, Any], rows: Sequence[int] | torch.Tensor, *, trim: bool = True) -> dict[str, Any]:
+def select_rows(
+    batch: dict[str, Any], rows: Sequence[int] | torch.Tensor, *, trim: bool = True
+) -> dict[str, Any]:
     """The sub-batch of `rows`; with `trim`, completion columns that are padding in every row go.
 
     The prompt block keeps its width (rows are left-padded to the same length P), so

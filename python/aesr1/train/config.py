@@ -309,7 +309,9 @@ def _coerce(path: str, value: Any, annotation: Any) -> Any:
 
 def _build(cls, values: dict[str, Any], prefix: str):
     if not isinstance(values, dict):
-        raise TypeError(f"config section {prefix.rstrip('.') or '<root>'!r} must be a mapping, got {values!r}")
+        raise TypeError(
+            f"config section {prefix.rstrip('.') or '<root>'!r} must be a mapping, got {values!r}"
+        )
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     kwargs = {}
@@ -427,7 +429,9 @@ def validate_config(config: TrainConfig) -> None:
     if not 0 < rapo.top_p <= 1:
         raise ValueError(f"rapo.top_p must lie in (0, 1], got {rapo.top_p}")
     if not 0 <= rapo.eps_low < 1 or rapo.eps_high < 0:
-        raise ValueError(f"rapo.eps_low must lie in [0, 1) and rapo.eps_high >= 0, got {rapo.eps_low}, {rapo.eps_high}")
+        raise ValueError(
+            f"rapo.eps_low must lie in [0, 1) and rapo.eps_high >= 0, got {rapo.eps_low}, {rapo.eps_high}"
+        )
     if rapo.beta < 0:
         raise ValueError(f"rapo.beta must be >= 0, got {rapo.beta}")
     from aesr1.loss import AGGREGATIONS
@@ -453,7 +457,9 @@ def validate_config(config: TrainConfig) -> None:
     if not 0 < config.data.test_fraction < 1:
         raise ValueError(f"data.test_fraction must lie in (0, 1), got {config.data.test_fraction}")
     if ev.num_samples < 1 or ev.batch_size < 1 or ev.interval < 0 or ev.temperature < 0:
-        raise ValueError("eval.num_samples and eval.batch_size must be >= 1, eval.interval and eval.temperature >= 0")
+        raise ValueError(
+            "eval.num_samples and eval.batch_size must be >= 1, eval.interval and eval.temperature >= 0"
+        )
     if config.save_interval < 1 or config.log_interval < 1:
         raise ValueError("save_interval and log_interval must be >= 1")
 
@@ -523,5 +529,7 @@ def embedded_default() -> TrainConfig:
         ),
         # The policy RAPO trains is sampled at temperature 1; each prediction is the mean of 4
         # samples, the same estimate (mu_i) the rank reward of Eq. 3 uses.
-        eval=EvalConfig(interval=100, num_samples=4, temperature=1.0, batch_size=150, max_completion_length=64),
+        eval=EvalConfig(
+            interval=100, num_samples=4, temperature=1.0, batch_size=150, max_completion_length=64
+        ),
     )

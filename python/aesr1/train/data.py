@@ -35,7 +35,11 @@ def load_items(config: TrainConfig, output_dir: str | Path) -> tuple[list[Scored
     train: list[ScoredImage] = []
     test: list[ScoredImage] = []
     for spec in parse_data_spec(data.spec):
-        kwargs: dict[str, Any] = {"seed": data.split_seed, "test_fraction": data.test_fraction, "progress": False}
+        kwargs: dict[str, Any] = {
+            "seed": data.split_seed,
+            "test_fraction": data.test_fraction,
+            "progress": False,
+        }
         if spec.name == "synthetic":
             if spec.root is None:
                 spec.root = str(Path(output_dir) / "synthetic")

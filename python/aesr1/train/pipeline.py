@@ -129,10 +129,14 @@ def plot_distributions(results: dict[str, HeldOutResult], path: Path) -> Path:
     styles = {"untrained": ("#999999", ":"), "sft": ("#4c72b0", "--"), "rapo": ("#dd8452", "-")}
     for key, result in results.items():
         values = result.pred[np.isfinite(result.pred)]
-        curves.append((f"{ROW_TITLES[key]} (PLCC {result.plcc:.3f}, SRCC {result.srcc:.3f})", values, *styles[key]))
+        curves.append(
+            (f"{ROW_TITLES[key]} (PLCC {result.plcc:.3f}, SRCC {result.srcc:.3f})", values, *styles[key])
+        )
     for label, values, colour, style in curves:
         if values.size >= 2 and np.ptp(values) > 0:
-            axis.plot(grid, gaussian_kde(values)(grid), color=colour, linestyle=style, linewidth=1.8, label=label)
+            axis.plot(
+                grid, gaussian_kde(values)(grid), color=colour, linestyle=style, linewidth=1.8, label=label
+            )
         elif values.size:
             axis.axvline(float(values.mean()), color=colour, linestyle=style, label=f"{label} (constant)")
     axis.set_xlim(0, 1)

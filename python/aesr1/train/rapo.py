@@ -268,7 +268,9 @@ class RAPOTrainer:
             unwrap_model_for_generation(self.model, self.accelerator) as unwrapped,
             suppressed_tokens(unwrapped, self.processor),
         ):
-            rollout = generate_rollouts(unwrapped, self.processor, [i.image for i in items], sampling, seed=seed)
+            rollout = generate_rollouts(
+                unwrapped, self.processor, [i.image for i in items], sampling, seed=seed
+            )
         batch = to_device(rollout.batch, self.accelerator.device)
         scored = score_rollouts(
             rollout.texts, [i.score for i in items], cfg.num_generations, self.config.reward, self.accelerator
@@ -276,7 +278,9 @@ class RAPOTrainer:
         mask = batch["completion_mask"].float()
         lengths = self.accelerator.gather(mask.sum(dim=1)).float()
         stats = dict(scored.stats)
-        stats.update({"completion_length/mean": lengths.mean().item(), "completion_length/max": lengths.max().item()})
+        stats.update(
+            {"completion_length/mean": lengths.mean().item(), "completion_length/max": lengths.max().item()}
+        )
         stats["completion_length/clipped"] = (lengths >= cfg.max_completion_length).float().mean().item()
         old_logp = self._logprobs(self.model, batch) if cfg.steps_per_generation > 1 else None
         ref_logp = self._logprobs(self.ref_model, batch) if self.ref_model is not None else None
@@ -342,7 +346,9 @@ class RAPOTrainer:
         self.optimizer.zero_grad(set_to_none=True)
 
         local = [totals["loss"]] + [weighted[n] for n in weighted] + [tokens_seen]
-        summed = acc.reduce(torch.tensor(local, dtype=torch.float64, device=acc.device), reduction="sum").tolist()
+        summed = acc.reduce(
+            torch.tensor(local, dtype=torch.float64, device=acc.device), reduction="sum"
+        ).tolist()
         out = {"loss": summed[0] / acc.num_processes}
         tokens_all = max(summed[-1], 1.0)
         for name, value in zip(weighted, summed[1:-1], strict=True):
@@ -455,4 +461,3 @@ class RAPOTrainer:
 
     def close(self) -> None:
         self.logger.close()
-

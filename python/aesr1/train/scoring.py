@@ -101,7 +101,10 @@ def score_rollouts(
         rank = accelerator.process_index
         start = sum(sizes[:rank])
         result = rapo_rewards(
-            [t for part in all_texts for t in part], np.concatenate([np.asarray(g) for g in all_gt]), k, config
+            [t for part in all_texts for t in part],
+            np.concatenate([np.asarray(g) for g in all_gt]),
+            k,
+            config,
         )
         local = slice(start, start + len(texts))
     else:

@@ -141,7 +141,10 @@ def run_sft(
         dataloader_num_workers=0,
     )
     dataset = Dataset.from_list(
-        [{"image": r["image"], "prompt": r.get("prompt", SCORING_PROMPT), "completion": r["completion"]} for r in rows]
+        [
+            {"image": r["image"], "prompt": r.get("prompt", SCORING_PROMPT), "completion": r["completion"]}
+            for r in rows
+        ]
     )
     # transformers 5 reads the TensorBoard directory from the environment only.
     os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(output_dir / "tensorboard" / "sft"))
