@@ -246,7 +246,8 @@ _PALETTE_WORDS = {
     "complementary": ("complementary",),
     "analogous": ("analogous",),
     "triadic": ("triadic",),
-    "muted": ("muted", "washed"),
+    # Not "washed": "washed out" describes exposure (write_critique's Exposure sentence), not colour.
+    "muted": ("muted", "washed-out colours", "washed-out palette"),
     "clashing": ("clashing", "clash", "fight each other"),
 }
 
@@ -312,7 +313,8 @@ def attribute_contradictions(critique: str, attributes: dict[str, Any]) -> list[
     ):
         errors.append(f"calls the image dark but it is over-exposed (exposure {exposure:+.2f})")
     if exposure < -0.15 and any(
-        _mentions(text, w) for w in ("over-exposed", "overexposed", "a little bright", "too bright", "blown")
+        _mentions(text, w)
+        for w in ("over-exposed", "overexposed", "a little bright", "too bright", "blown", "washed out")
     ):
         errors.append(f"calls the image bright but it is under-exposed (exposure {exposure:+.2f})")
     if abs(exposure) > 0.6 and _mentions(text, "well exposed"):
