@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
+
+
+def resolve_attn_implementation(name: str | None) -> str | None:
+    """ "auto" -> "flash_attention_2" on CUDA when `flash_attn` is installed, else "sdpa"; any other
+    value is returned unchanged (None lets transformers choose)."""
+    if name != "auto":
+        return name
+    import torch
+
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
 
 
 def load_model(path: str | Path, *, dtype: str | None = None, attn_implementation: str | None = None):
@@ -26,6 +39,7 @@ def load_model(path: str | Path, *, dtype: str | None = None, attn_implementatio
     kwargs = {"local_files_only": True}
     if dtype is not None:
         kwargs["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
+    attn_implementation = resolve_attn_implementation(attn_implementation)
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
     model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)

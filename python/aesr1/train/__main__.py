@@ -1,11 +1,11 @@
 """`python -m aesr1.train`: AesCoT cold-start SFT + RAPO, then held-out PLCC/SRCC.
 
 With no arguments it runs the embedded CPU default (synthetic data, tiny Qwen2.5-VL, minutes on a
-laptop). For real models::
+laptop). For real models (any launcher: `accelerate launch`, `torchrun`, `deepspeed --module`)::
 
-    accelerate launch -m aesr1.train --config appendix_c_qwen2_5_vl_7b \\
+    accelerate launch --num_processes 8 -m aesr1.train --config appendix_c_qwen2_5_vl_7b \\
         --model /models/Qwen2.5-VL-7B-Instruct --data ava:/data/AVA,tad66k:/data/TAD66K \\
-        --cold-start aescot.jsonl --output-dir runs/aes-r1
+        --cold-start aescot.jsonl --output-dir runs/aes-r1 --deepspeed zero3
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+
+import torch
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -34,6 +36,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one config value (YAML syntax), e.g. --set rapo.learning_rate=2e-6")  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--deepspeed", metavar="NAME_OR_JSON",
+        help="DeepSpeed config for both stages: zero3, zero3_offload, zero2 (packaged) or a JSON path",
+    )  # fmt: skip
+    # The `deepspeed` launcher appends --local_rank=N; the rank is read from the environment.
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -56,6 +64,8 @@ def build_config(args: argparse.Namespace):
         values["seed"] = args.seed
     if args.no_progress:
         values["progress"] = False
+    if args.deepspeed:
+        values["deepspeed"] = args.deepspeed
     for assignment in args.set:
         set_override(values, assignment)
     return config_from_dict(values, config), embedded
@@ -73,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from aesr1.train.pipeline import preflight
 
-        preflight(config, PartialState().num_processes)
+        preflight(config, PartialState(cpu=not torch.cuda.is_available()).num_processes)
     except (ValueError, TypeError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -85,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run_pipeline(config, resume=args.resume, stages=stages)
     from accelerate.state import PartialState
 
-    if PartialState().is_main_process:
+    if PartialState(cpu=not torch.cuda.is_available()).is_main_process:
         print()
         print(result.table)
         print()

@@ -17,6 +17,7 @@ ROW_KEYS = (
     "completion_ids",
     "completion_mask",
     "image_grid_thw",
+    "sampling_logprobs",
 )
 
 
@@ -51,6 +52,8 @@ def select_rows(
         prompt_length = out["prompt_length"]
         out["completion_ids"] = out["completion_ids"][:, :width]
         out["completion_mask"] = out["completion_mask"][:, :width]
+        if "sampling_logprobs" in out:
+            out["sampling_logprobs"] = out["sampling_logprobs"][:, :width]
         for key in ("input_ids", "attention_mask", "mm_token_type_ids", "labels"):
             if key in out:
                 out[key] = out[key][:, : prompt_length + width]

@@ -36,7 +36,9 @@ class ModelConfig:
         name_or_path: local directory of a Qwen2.5-VL-style checkpoint (never downloaded). None builds
             the tiny random-initialised Qwen2.5-VL of `aesr1.modeling.tiny` (the embedded default).
         dtype: weight dtype for a real checkpoint ("bfloat16", "float16", "float32" or "auto").
-        attn_implementation: e.g. "flash_attention_2" or "sdpa"; None lets transformers choose.
+        attn_implementation: "auto" (default): "flash_attention_2" on CUDA when the `flash-attn`
+            extra is installed, else "sdpa"; or any transformers name ("sdpa", "eager",
+            "flash_attention_2"); None lets transformers choose.
         gradient_checkpointing: trade compute for activation memory (large models).
         tiny_seed: weight seed of the tiny model.
         tiny_vocab_size: BPE vocabulary of the tiny model's tokenizer (trained on the cold-start text).
@@ -48,7 +50,7 @@ class ModelConfig:
 
     name_or_path: str | None = None
     dtype: str = "bfloat16"
-    attn_implementation: str | None = None
+    attn_implementation: str | None = "auto"
     gradient_checkpointing: bool = False
     tiny_seed: int = 0
     tiny_vocab_size: int = 1024
@@ -102,6 +104,8 @@ class SFTConfig:
         weight_decay: AdamW weight decay.
         max_grad_norm: gradient clipping norm.
         max_completion_length: truncate cold-start completions to this many tokens.
+        freeze_vision_tower: keep the ViT frozen (the released cold-start config freezes it).
+        freeze_projector: keep the patch merger (vision -> text projector) frozen (idem).
     """
 
     epochs: float = 1.0
@@ -114,6 +118,8 @@ class SFTConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     max_completion_length: int = 1024
+    freeze_vision_tower: bool = False
+    freeze_projector: bool = False
 
 
 @dataclass
@@ -170,6 +176,17 @@ class RAPOConfig:
         loss_backend: "auto" (Triton on CUDA), "triton" or "torch".
         weight_decay / max_grad_norm: AdamW weight decay and gradient clipping norm.
         shuffle_mini_batches: shuffle completions of a generation batch before cutting mini-batches.
+        fused_linear: compute the loss and the old/reference log-probs from the last hidden states
+            and the lm_head weight in chunks (`aesr1.loss.rapo_loss_from_hidden`), so no
+            (B, T, vocabulary) logits tensor exists in the step; under ZeRO-3 the partitioned lm_head
+            weight is gathered for those GEMMs. None (default) = on for CUDA, off on CPU.
+        freeze_vision_tower / freeze_projector: as in `SFTConfig`, for the RAPO stage.
+        rollout_backend: "engine" (the static-cache decode engine of `aesr1.rollout` on CUDA,
+            `generate` on CPU), "generate" (transformers `generate`) or "vllm" (trl's vLLM generation).
+        rollout_cuda_graphs: let the engine capture its decode steps as CUDA graphs.
+        vllm_mode: "colocate" (vLLM in this process) or "server" (a running `trl vllm-serve`).
+        vllm_gpu_memory_utilization: GPU memory share vLLM may take in colocate mode.
+        vllm_server_base_url: the server's URL in server mode.
     """
 
     epochs: float = 10.0
@@ -194,6 +211,14 @@ class RAPOConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     shuffle_mini_batches: bool = True
+    fused_linear: bool | None = None
+    freeze_vision_tower: bool = False
+    freeze_projector: bool = False
+    rollout_backend: Literal["engine", "generate", "vllm"] = "engine"
+    rollout_cuda_graphs: bool = True
+    vllm_mode: Literal["colocate", "server"] = "colocate"
+    vllm_gpu_memory_utilization: float = 0.3
+    vllm_server_base_url: str | None = None
 
     @property
     def generation_batch_size(self) -> int:
@@ -239,6 +264,10 @@ class TrainConfig:
         log_interval: console/TensorBoard/JSONL logging every this many optimiser steps.
         progress: show progress bars.
         tensorboard: write TensorBoard event files.
+        deepspeed: DeepSpeed config for both stages when not launched by `accelerate launch` with
+            one: a packaged name ("zero3", "zero3_offload", "zero2") or a JSON path. Batch sizes,
+            gradient accumulation and clipping in it are filled from this config
+            (`aesr1.train.distributed`).
     """
 
     output_dir: str = "runs/aesr1"
@@ -248,6 +277,7 @@ class TrainConfig:
     log_interval: int = 1
     progress: bool = True
     tensorboard: bool = True
+    deepspeed: str | None = None
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
@@ -445,6 +475,12 @@ def validate_config(config: TrainConfig) -> None:
         raise ValueError(f"reward weights must be >= 0 with at least one > 0, got {weights}")
     if reward.sigma <= 0 or reward.binary_threshold <= 0:
         raise ValueError("reward.sigma and reward.binary_threshold must be > 0")
+    if not 0 < rapo.vllm_gpu_memory_utilization <= 1:
+        raise ValueError(
+            f"rapo.vllm_gpu_memory_utilization must lie in (0, 1], got {rapo.vllm_gpu_memory_utilization}"
+        )
+    if rapo.rollout_backend == "vllm" and rapo.vllm_mode == "server" and not rapo.vllm_server_base_url:
+        raise ValueError("rapo.rollout_backend=vllm with vllm_mode=server needs rapo.vllm_server_base_url")
     if sft.epochs < 0:
         raise ValueError(f"sft.epochs must be >= 0, got {sft.epochs}")
     if sft.micro_batch_size < 1 or sft.global_batch_size < 1:

@@ -6,6 +6,7 @@ with `resume`, finished stages are skipped and an interrupted one continues from
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -16,6 +17,7 @@ from typing import Any
 import torch
 
 from aesr1.train.config import TrainConfig, validate_world_size
+from aesr1.train.distributed import is_deepspeed, make_rapo_accelerator
 from aesr1.train.evaluation import HeldOutResult, evaluate_policy
 
 ROW_TITLES = {"untrained": "untrained", "sft": "after SFT", "rapo": "after RAPO"}
@@ -54,6 +56,14 @@ def preflight(config: TrainConfig, world_size: int = 1) -> None:
     if config.model.name_or_path is not None:
         check_model_path(config.model.name_or_path)
     check_data_spec(config)
+    if config.deepspeed is not None:
+        import importlib.util
+
+        from aesr1.train.distributed import read_deepspeed_config
+
+        read_deepspeed_config(config.deepspeed)
+        if importlib.util.find_spec("deepspeed") is None:
+            raise ValueError("--deepspeed needs DeepSpeed: pip install 'aesr1[deepspeed]'")
 
 
 def build_model(config: TrainConfig, corpus: list[str]):
@@ -182,9 +192,30 @@ def _clean_nan(row: dict[str, Any]) -> dict[str, Any]:
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
 
 
+def release_trainer(trainer) -> None:
+    """Drop a finished stage's DeepSpeed engine, optimiser state and accelerator state, so the next
+    stage starts with free GPU memory and builds its own DeepSpeed configuration."""
+    import gc
+
+    accelerator = getattr(trainer, "accelerator", None)
+    deepspeed = accelerator is not None and is_deepspeed(accelerator)
+    if accelerator is not None:
+        accelerator.free_memory()
+    for name in ("model_wrapped", "deepspeed", "optimizer", "lr_scheduler", "ref_model"):
+        if hasattr(trainer, name):
+            with contextlib.suppress(AttributeError):  # read-only properties
+                setattr(trainer, name, None)
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if deepspeed:
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state()  # a DeepSpeed plugin is fixed for the state's lifetime
+
+
 def run_pipeline(config: TrainConfig, *, resume: bool = False, stages: tuple[str, ...] = ("sft", "rapo")):
     """Run the whole pipeline; returns the table rows, the printed table and the plot path."""
-    from accelerate import Accelerator
     from accelerate.state import PartialState
 
     from aesr1.train.data import cold_start_records, load_items
@@ -192,7 +223,7 @@ def run_pipeline(config: TrainConfig, *, resume: bool = False, stages: tuple[str
     from aesr1.train.sft import run_sft
 
     started = time.time()
-    state = PartialState()
+    state = PartialState(cpu=not torch.cuda.is_available())
     preflight(config, state.num_processes)
     torch.manual_seed(config.seed)
     out = Path(config.output_dir)
@@ -226,19 +257,20 @@ def run_pipeline(config: TrainConfig, *, resume: bool = False, stages: tuple[str
             model.save_pretrained(initial_dir)
             processor.save_pretrained(initial_dir)
     state.wait_for_everyone()
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
     if config.eval.evaluate_untrained and "untrained" not in results.rows:
-        evaluate(model.to(accelerator.device), processor, "untrained", accelerator)
+        evaluate(model.to(state.device), processor, "untrained", state)
 
     sft_final = out / "sft" / "final"
     if "sft" in stages and config.sft.epochs > 0:
         if not (resume and (sft_final / "config.json").exists()):
-            run_sft(config, model, processor, rows, out / "sft", resume=resume)
+            trainer = run_sft(config, model, processor, rows, out / "sft", resume=resume)
+            release_trainer(trainer)
+            del trainer
         state.wait_for_everyone()  # the main process writes sft/final
         del model
         model, processor = load(config, sft_final)
         if "sft" not in results.rows:
-            evaluate(model.to(accelerator.device), processor, "sft", accelerator)
+            evaluate(model.to(state.device), processor, "sft", state)
         policy_source = sft_final
     else:
         policy_source = Path(config.model.name_or_path) if config.model.name_or_path else initial_dir
@@ -249,6 +281,7 @@ def run_pipeline(config: TrainConfig, *, resume: bool = False, stages: tuple[str
             ref_model = None
             if config.rapo.beta > 0:
                 ref_model, _ = load(config, policy_source)
+            accelerator = make_rapo_accelerator(config, model)
             trainer = RAPOTrainer(
                 config, model, processor, train, ref_model=ref_model, output_dir=out / "rapo",
                 accelerator=accelerator,
@@ -257,12 +290,16 @@ def run_pipeline(config: TrainConfig, *, resume: bool = False, stages: tuple[str
             trainer.train(resume=resume)
             trainer.save_model(rapo_final)
             trainer.close()
-            model = accelerator.unwrap_model(trainer.model)
+            sharded = is_deepspeed(accelerator)
+            model = None if sharded else accelerator.unwrap_model(trainer.model)
+            release_trainer(trainer)
             del trainer
+            if sharded:  # ZeRO-partitioned parameters: evaluate the saved full weights
+                model, processor = load(config, rapo_final)
         else:
             model, processor = load(config, rapo_final)
         if "rapo" not in results.rows:
-            evaluate(model.to(accelerator.device), processor, "rapo", accelerator)
+            evaluate(model.to(state.device), processor, "rapo", state)
 
     result = PipelineResult(rows={k: v for k, v in results.rows.items()}, seconds=time.time() - started)
     result.table = format_table(result.rows)

@@ -8,11 +8,18 @@ One *generation round*:
    group advantages (Eq. 9), via `aesr1.rewards.rapo` (`aesr1.train.scoring`);
 3. old log-probs from the policy that generated the rollouts (one no-grad forward, skipped when the
    round feeds a single optimiser step: then the ratio is exactly 1 and `old_logp=None`) and
-   reference log-probs from the frozen SFT checkpoint;
+   reference log-probs from the frozen SFT checkpoint; with `rapo.fused_linear` both come from the
+   last hidden states in chunks (`aesr1.train.logprobs`), as does the loss, so no (B, T, vocabulary)
+   logits tensor exists in the step;
 4. `steps_per_generation` optimiser steps on mini-batches of the round, each a sum of micro-batches
    whose `aesr1.loss.rapo_loss` (Eq. 10-12) is normalised by the global mini-batch, so gradient
    accumulation and several processes give the gradient of one big batch. Entropy, KL and clip
    fractions come from that same loss pass.
+
+Rollouts come from `rapo.rollout_backend` (`aesr1.rollout.make_rollout_fn`): the static-cache decode
+engine on CUDA (plain `generate` on CPU), `generate`, or vLLM. Under DeepSpeed
+(`aesr1.train.distributed`), ZeRO-3 parameters are gathered for generation and evaluation, and the
+loop marks the last micro-batch of each optimiser step as DeepSpeed's accumulation boundary.
 
 Why not trl's `GRPOTrainer`: see the README section "Why RAPO has its own loop" (measured); in short,
 rank rewards over the gathered generation batch with whole groups per process, checkpoints that
@@ -35,8 +42,19 @@ import torch
 from aesr1.data.records import ScoredImage
 from aesr1.train.batching import chunks, select_rows, to_device
 from aesr1.train.config import TrainConfig, validate_world_size
+from aesr1.train.distributed import is_deepspeed
+from aesr1.train.logprobs import completion_logits, policy_loss, sequence_logprobs
 from aesr1.train.scoring import score_rollouts
 from aesr1.train.tracking import MetricsLogger
+
+__all__ = [
+    "DataPosition",
+    "RAPOTrainer",
+    "Round",
+    "completion_logits",
+    "list_checkpoints",
+    "suppressed_tokens",
+]
 
 #: Chat special tokens a policy must never sample (an extra image placeholder breaks the next forward).
 NEVER_SAMPLE = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|im_start|>")
@@ -116,13 +134,27 @@ class Round:
     stats: dict[str, float]
 
 
-def completion_logits(model, batch: dict[str, Any]) -> torch.Tensor:
-    """Logits (B, T, V) scoring `batch["completion_ids"]`; only the last T+1 positions go through lm_head."""
-    from aesr1.modeling.chat import model_inputs
-
-    width = batch["completion_ids"].shape[1]
-    output = model(**model_inputs(batch), use_cache=False, logits_to_keep=width + 1)
-    return output.logits[:, :-1]
+@contextmanager
+def engine_attention(model, backend: str):
+    """The decode engine implements "sdpa"/"eager" attention only: a model trained with
+    flash-attention 2 samples with SDPA (same weights, same distribution) instead of falling back
+    to the much slower `generate`."""
+    config = getattr(model, "config", None)
+    current = getattr(config, "_attn_implementation", None)
+    switch = (
+        backend == "engine"
+        and current == "flash_attention_2"
+        and next(model.parameters()).device.type == "cuda"
+        and hasattr(model, "set_attn_implementation")
+    )
+    if not switch:
+        yield
+        return
+    model.set_attn_implementation("sdpa")
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(current)
 
 
 def _rows(values: torch.Tensor | None, rows: list[int], width: int) -> torch.Tensor | None:
@@ -187,8 +219,17 @@ class RAPOTrainer:
         self.total_rounds = rounds
         self.total_steps = rounds * self.cfg.steps_per_generation
 
+        from aesr1.modeling.freeze import freeze_vision
+
+        freeze_vision(model, tower=self.cfg.freeze_vision_tower, projector=self.cfg.freeze_projector)
         if config.model.gradient_checkpointing:
             model.gradient_checkpointing_enable()
+        self.fused_linear = (
+            self.cfg.fused_linear
+            if self.cfg.fused_linear is not None
+            else self.accelerator.device.type == "cuda"
+        )
+        self.deepspeed = is_deepspeed(self.accelerator)
         optimizer = torch.optim.AdamW(
             [p for p in model.parameters() if p.requires_grad],
             lr=self.cfg.learning_rate,
@@ -204,6 +245,7 @@ class RAPOTrainer:
             ref_model.requires_grad_(False)
             ref_model.eval()
             self.ref_model = self._prepare_reference(ref_model)
+        self.rollout_fn = self._make_rollout_fn()
         self.accelerator.register_for_checkpointing(self.position)
         self.logger = MetricsLogger(
             self.output_dir, "rapo", enabled=self.accelerator.is_main_process, tensorboard=config.tensorboard
@@ -228,6 +270,35 @@ class RAPOTrainer:
     # ------------------------------------------------------------------------------------------------
     # Rollouts
 
+    def _make_rollout_fn(self):
+        from aesr1.generation import SamplingConfig
+        from aesr1.rollout import EngineOptions, RolloutConfig, make_rollout_fn
+
+        cfg = self.cfg
+        rollout = RolloutConfig(
+            rollout_backend=cfg.rollout_backend, engine=EngineOptions(cuda_graphs=cfg.rollout_cuda_graphs),
+            vllm_mode=cfg.vllm_mode, vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+            vllm_server_base_url=cfg.vllm_server_base_url,
+        )  # fmt: skip
+        if cfg.rollout_backend != "vllm":
+            return make_rollout_fn(rollout)
+        sampling = SamplingConfig(
+            num_samples=cfg.num_generations, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+            max_new_tokens=cfg.max_completion_length, do_sample=True,
+        )  # fmt: skip
+        return make_rollout_fn(
+            rollout,
+            model=self.model,
+            processor=self.processor,
+            accelerator=self.accelerator,
+            sampling=sampling,
+        )
+
+    def _unwrapped(self, model):
+        return (
+            self.accelerator.unwrap_model(model) if model is self.model else getattr(model, "module", model)
+        )
+
     def _local_share(self, indices: list[int]) -> list[int]:
         world, rank = self.accelerator.num_processes, self.accelerator.process_index
         per = len(indices) // world
@@ -235,16 +306,16 @@ class RAPOTrainer:
 
     @torch.no_grad()
     def _logprobs(self, model, batch: dict[str, Any]) -> torch.Tensor:
-        from aesr1.loss import token_logprobs
-
         rows = batch["completion_ids"].shape[0]
         width = batch["completion_ids"].shape[1]
         out = torch.zeros(rows, width, dtype=torch.float32, device=self.accelerator.device)
+        unwrapped = self._unwrapped(model)
         for part in chunks(rows, self.cfg.micro_batch_size):
             sub = select_rows(batch, list(part))
-            logits = completion_logits(model, sub)
-            logp = token_logprobs(logits, sub["completion_ids"], temperature=self.cfg.temperature,
-                                  backend=self.cfg.loss_backend)  # fmt: skip
+            logp = sequence_logprobs(
+                model, unwrapped, sub, temperature=self.cfg.temperature, backend=self.cfg.loss_backend,
+                fused_linear=self.fused_linear,
+            )  # fmt: skip
             out[part.start : part.stop, : logp.shape[1]] = logp.float()
         return out
 
@@ -252,7 +323,7 @@ class RAPOTrainer:
         """Sample, score and precompute log-probs for one generation round (all processes together)."""
         from trl.models import unwrap_model_for_generation
 
-        from aesr1.generation import SamplingConfig, generate_rollouts
+        from aesr1.generation import SamplingConfig
 
         cfg = self.cfg
         indices = self._local_share(self.position.take(cfg.images_per_generation))
@@ -264,13 +335,19 @@ class RAPOTrainer:
         # Seeded per (run seed, round, process): a resumed run samples exactly what the killed one would have.
         seed = (self.config.seed * 1_000_003 + round_index) * 1009 + self.accelerator.process_index
         self.model.eval()
-        with (
-            unwrap_model_for_generation(self.model, self.accelerator) as unwrapped,
-            suppressed_tokens(unwrapped, self.processor),
-        ):
-            rollout = generate_rollouts(
-                unwrapped, self.processor, [i.image for i in items], sampling, seed=seed
+        if cfg.rollout_backend == "vllm":  # vLLM holds its own copy of the weights (synced per call)
+            rollout = self.rollout_fn(
+                self._unwrapped(self.model), self.processor, [i.image for i in items], sampling, seed=seed
             )
+        else:
+            with (
+                unwrap_model_for_generation(self.model, self.accelerator) as unwrapped,
+                suppressed_tokens(unwrapped, self.processor),
+                engine_attention(unwrapped, cfg.rollout_backend),
+            ):
+                rollout = self.rollout_fn(
+                    unwrapped, self.processor, [i.image for i in items], sampling, seed=seed
+                )
         batch = to_device(rollout.batch, self.accelerator.device)
         scored = score_rollouts(
             rollout.texts, [i.score for i in items], cfg.num_generations, self.config.reward, self.accelerator
@@ -284,8 +361,24 @@ class RAPOTrainer:
         stats["completion_length/clipped"] = (lengths >= cfg.max_completion_length).float().mean().item()
         old_logp = self._logprobs(self.model, batch) if cfg.steps_per_generation > 1 else None
         ref_logp = self._logprobs(self.ref_model, batch) if self.ref_model is not None else None
+        if old_logp is not None and "sampling_logprobs" in batch:
+            stats.update(self._drift(batch["sampling_logprobs"], old_logp, mask))
         advantages = torch.tensor(scored.advantages, dtype=torch.float32, device=self.accelerator.device)
         return Round(batch, rollout.texts, advantages, old_logp, ref_logp, stats)
+
+    def _drift(self, sampled: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+        """|log-prob under the sampler - log-prob under the training forward| over valid tokens: how far
+        the rollout backend's numerics (bf16 decode, CUDA graphs, vLLM) are from the policy's."""
+        width = min(sampled.shape[1], old_logp.shape[1])
+        valid = mask[:, :width].bool()
+        gap = (sampled[:, :width].float() - old_logp[:, :width]).abs().masked_fill(~valid, 0.0)
+        acc = self.accelerator
+        totals = acc.reduce(torch.stack([gap.sum(), valid.sum().float()]).double(), reduction="sum")
+        worst = acc.gather(gap.max().reshape(1).double()).max()
+        return {
+            "rollout_logprob_drift/mean": (totals[0] / totals[1].clamp(min=1)).item(),
+            "rollout_logprob_drift/max": worst.item(),
+        }
 
     # ------------------------------------------------------------------------------------------------
     # Optimisation
@@ -299,8 +392,6 @@ class RAPOTrainer:
 
     def optimiser_step(self, data: Round, rows: list[int]) -> dict[str, float]:
         """One optimiser step on this process's `rows` of the round; returns globally averaged metrics."""
-        from aesr1.loss import rapo_loss
-
         cfg, acc = self.cfg, self.accelerator
         self.model.train()
         mask_all = data.batch["completion_mask"]
@@ -314,25 +405,29 @@ class RAPOTrainer:
         weighted = {name: 0.0 for name in ("kl", "clip_frac_low", "clip_frac_high", "entropy", "ratio_mean")}
         ratio_min, ratio_max = math.inf, -math.inf
         tokens_seen = 0.0
+        unwrapped = self._unwrapped(self.model)
         for number, part in enumerate(parts):
             sub_rows = [rows[i] for i in part]
             sub = select_rows(data.batch, sub_rows)
             width = sub["completion_ids"].shape[1]
 
             sync = number == len(parts) - 1
-            context = nullcontext() if sync else acc.no_sync(self.model)
+            context = nullcontext() if sync or self.deepspeed else acc.no_sync(self.model)
             with context:
-                logits = completion_logits(self.model, sub)
-                loss, metrics = rapo_loss(
-                    logits, sub["completion_ids"], _rows(data.old_logp, sub_rows, width),
-                    _rows(data.ref_logp, sub_rows, width),
-                    data.advantages[sub_rows], sub["completion_mask"],
+                loss_args = (
+                    sub["completion_ids"], _rows(data.old_logp, sub_rows, width),
+                    _rows(data.ref_logp, sub_rows, width), data.advantages[sub_rows], sub["completion_mask"],
+                )  # fmt: skip
+                loss_kwargs = dict(
                     eps_low=cfg.eps_low, eps_high=cfg.eps_high, beta=cfg.beta, temperature=cfg.temperature,
                     aggregation=cfg.aggregation, kl_clamp=cfg.kl_clamp, num_sequences=num_sequences,
                     num_tokens=num_tokens, max_completion_length=cfg.max_completion_length,
                     backend=cfg.loss_backend,
                 )  # fmt: skip
-                acc.backward(loss)
+                loss, metrics = policy_loss(
+                    self.model, unwrapped, sub, loss_args, loss_kwargs, fused_linear=self.fused_linear
+                )
+                self._backward(loss, last=sync)
             tokens = float(sub["completion_mask"].sum())
             tokens_seen += tokens
             totals["loss"] += loss.item()
@@ -340,6 +435,8 @@ class RAPOTrainer:
                 weighted[name] += metrics[name].item() * tokens
             ratio_min = min(ratio_min, metrics["ratio_min"].item())
             ratio_max = max(ratio_max, metrics["ratio_max"].item())
+        # Under DeepSpeed the engine clipped and stepped at the boundary (its "gradient_clipping");
+        # this returns the norm it measured.
         grad_norm = acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
@@ -359,6 +456,18 @@ class RAPOTrainer:
         out["clip_frac"] = out["clip_frac_low"] + out["clip_frac_high"]
         out["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
         return out
+
+    def _backward(self, loss: torch.Tensor, *, last: bool) -> None:
+        """Backward of one micro-batch. The loss is already normalised by the global mini-batch, so
+        DeepSpeed must not divide by its accumulation count; `last` ends the optimiser step."""
+        if not self.deepspeed:
+            self.accelerator.backward(loss)
+            return
+        engine = self.model
+        engine.set_gradient_accumulation_boundary(is_boundary=last)
+        engine.backward(loss, scale_wrt_gas=False)
+        if last:
+            engine.step()
 
     # ------------------------------------------------------------------------------------------------
     # Checkpoints
@@ -431,7 +540,7 @@ class RAPOTrainer:
                                     clip=f"{metrics['clip_frac']:.3f}", unparse=f"{metrics['unparseable']:.2f}")  # fmt: skip
             self.position.round += 1
             if self.evaluate_fn is not None and next_eval is not None and self.position.step >= next_eval:
-                result = self.evaluate_fn(acc.unwrap_model(self.model), self.position.step)
+                result = self._evaluate()
                 self.logger.log(self.position.step, {f"eval/{k}": v for k, v in result.items()})
                 next_eval = self._next_multiple(self.position.step, self.config.eval.interval)
             if self.position.step >= next_save and self.position.round < self.total_rounds:
@@ -441,6 +550,17 @@ class RAPOTrainer:
             bar.close()
         self.logger.flush()
         return last
+
+    def _evaluate(self) -> dict[str, Any]:
+        """`evaluate_fn` on the full policy (ZeRO-3 parameters gathered for the duration)."""
+        from trl.models import unwrap_model_for_generation
+
+        with unwrap_model_for_generation(self.model, self.accelerator) as unwrapped:
+            was_training = unwrapped.training
+            try:
+                return self.evaluate_fn(unwrapped, self.position.step)
+            finally:
+                unwrapped.train(was_training)
 
     @staticmethod
     def _next_multiple(step: int, interval: int) -> int | None:

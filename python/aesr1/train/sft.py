@@ -100,6 +100,9 @@ def run_sft(
     from trl import SFTConfig as TrlSFTConfig
     from trl import SFTTrainer
 
+    from aesr1.modeling.freeze import freeze_vision
+    from aesr1.train.distributed import sft_deepspeed_config
+
     sft = config.sft
     output_dir = Path(output_dir)
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -139,7 +142,9 @@ def run_sft(
         max_length=None,
         disable_tqdm=not config.progress,
         dataloader_num_workers=0,
+        deepspeed=sft_deepspeed_config(config),
     )
+    freeze_vision(model, tower=sft.freeze_vision_tower, projector=sft.freeze_projector)
     dataset = Dataset.from_list(
         [
             {"image": r["image"], "prompt": r.get("prompt", SCORING_PROMPT), "completion": r["completion"]}
