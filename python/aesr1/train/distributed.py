@@ -152,16 +152,19 @@ def make_rapo_accelerator(config: TrainConfig, model=None):
     if values is None:
         return Accelerator(cpu=not torch.cuda.is_available())
     world = PartialState(cpu=not torch.cuda.is_available()).num_processes
+    accumulation = rapo_accumulation_steps(config, world)
     filled = deepspeed_config(
         values,
         micro_batch_size=config.rapo.micro_batch_size,
-        accumulation_steps=rapo_accumulation_steps(config, world),
+        accumulation_steps=accumulation,
         world_size=world,
         max_grad_norm=config.rapo.max_grad_norm,
         bf16=config.model.dtype == "bfloat16" and torch.cuda.is_available(),
         hidden_size=model_hidden_size(model) if model is not None else None,
     )
-    return Accelerator(deepspeed_plugin=DeepSpeedPlugin(hf_ds_config=filled))
+    return Accelerator(
+        deepspeed_plugin=DeepSpeedPlugin(hf_ds_config=filled), gradient_accumulation_steps=accumulation
+    )
 
 
 def sft_deepspeed_config(config: TrainConfig) -> dict[str, Any] | None:
