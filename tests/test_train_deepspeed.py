@@ -197,3 +197,21 @@ def test_pipeline_runs_both_stages_under_zero3_in_two_processes_and_resumes(tmp_
     resumed = launch("--resume")
     assert "after RAPO" in resumed.stdout
     assert (out / "rapo" / "rapo_metrics.jsonl").read_text() == before  # nothing retrained
+
+
+def test_single_process_without_a_launcher_gets_rendezvous_variables(monkeypatch):
+    from aesr1.train.distributed import ensure_process_group_env
+
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    ensure_process_group_env()
+    assert (os.environ["RANK"], os.environ["WORLD_SIZE"], os.environ["MASTER_ADDR"]) == (
+        "0",
+        "1",
+        "127.0.0.1",
+    )
+    assert 0 < int(os.environ["MASTER_PORT"]) < 65536
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("MASTER_PORT", "1234")
+    ensure_process_group_env()  # a launcher's values stay
+    assert os.environ["RANK"] == "3" and os.environ["MASTER_PORT"] == "1234"

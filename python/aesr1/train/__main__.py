@@ -81,6 +81,11 @@ def main(argv: list[str] | None = None) -> int:
         config, embedded = build_config(args)
         from accelerate.state import PartialState
 
+        if config.deepspeed is not None:
+            from aesr1.train.distributed import ensure_process_group_env
+
+            ensure_process_group_env()
+
         from aesr1.train.pipeline import preflight
 
         preflight(config, PartialState(cpu=not torch.cuda.is_available()).num_processes)

@@ -55,6 +55,21 @@ def read_deepspeed_config(name_or_path: str | Path) -> dict[str, Any]:
     return values
 
 
+def ensure_process_group_env() -> None:
+    """Rendezvous variables for a single process started without a launcher (`python -m aesr1.train
+    --deepspeed zero3` on one GPU); DeepSpeed would otherwise look for MPI. Launchers set them."""
+    if "RANK" in os.environ or "WORLD_SIZE" in os.environ:
+        return
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    os.environ.update(
+        RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
+
+
 def zero_stage(values: dict[str, Any]) -> int:
     return int(values.get("zero_optimization", {}).get("stage", 0))
 
