@@ -7,11 +7,31 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from aesr1.modeling.chat import build_inputs, join_completions, model_inputs
 from aesr1.prompts import SCORING_PROMPT
+
+#: Chat special tokens a policy must never sample (an extra image placeholder breaks the next forward).
+NEVER_SAMPLE = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|im_start|>")
+
+
+@contextmanager
+def suppressed_tokens(model, processor):
+    """Temporarily add the vision/chat special tokens to `generation_config.suppress_tokens`."""
+    tokenizer = processor.tokenizer
+    unk = tokenizer.unk_token_id
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in NEVER_SAMPLE]
+    ids = [i for i in ids if isinstance(i, int) and i >= 0 and i != unk]
+    config = model.generation_config
+    before = config.suppress_tokens
+    config.suppress_tokens = sorted(set(before or []) | set(ids))
+    try:
+        yield
+    finally:
+        config.suppress_tokens = before
 
 
 @dataclass

@@ -70,9 +70,8 @@ def evaluate_policy(
     progress: bool = False,
 ) -> HeldOutResult:
     """Score `items` with `model` and correlate with their ground truth (all processes call together)."""
-    from aesr1.generation import generate_completions
+    from aesr1.generation import generate_completions, suppressed_tokens
     from aesr1.rewards import parse_scores
-    from aesr1.train.rapo import suppressed_tokens
 
     world = 1 if accelerator is None else accelerator.num_processes
     rank = 0 if accelerator is None else accelerator.process_index

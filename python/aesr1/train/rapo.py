@@ -40,6 +40,7 @@ from typing import Any
 import torch
 
 from aesr1.data.records import ScoredImage
+from aesr1.generation import NEVER_SAMPLE, suppressed_tokens
 from aesr1.train.batching import chunks, select_rows, to_device
 from aesr1.train.config import TrainConfig, validate_world_size
 from aesr1.train.distributed import is_deepspeed
@@ -48,6 +49,7 @@ from aesr1.train.scoring import score_rollouts
 from aesr1.train.tracking import MetricsLogger
 
 __all__ = [
+    "NEVER_SAMPLE",
     "DataPosition",
     "RAPOTrainer",
     "Round",
@@ -55,25 +57,6 @@ __all__ = [
     "list_checkpoints",
     "suppressed_tokens",
 ]
-
-#: Chat special tokens a policy must never sample (an extra image placeholder breaks the next forward).
-NEVER_SAMPLE = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|im_start|>")
-
-
-@contextmanager
-def suppressed_tokens(model, processor):
-    """Temporarily add the vision/chat special tokens to `generation_config.suppress_tokens`."""
-    tokenizer = processor.tokenizer
-    unk = tokenizer.unk_token_id
-    ids = [tokenizer.convert_tokens_to_ids(t) for t in NEVER_SAMPLE]
-    ids = [i for i in ids if isinstance(i, int) and i >= 0 and i != unk]
-    config = model.generation_config
-    before = config.suppress_tokens
-    config.suppress_tokens = sorted(set(before or []) | set(ids))
-    try:
-        yield
-    finally:
-        config.suppress_tokens = before
 
 
 class DataPosition:
