@@ -150,3 +150,19 @@ def test_per_image_prompts(tiny, images):
     assert len(out) == 3 and all(len(row) == 1 for row in out)
     with pytest.raises(ValueError, match="prompt"):
         generate_completions(model, processor, images, prompt=prompts[:2], max_new_tokens=2)
+
+
+def test_split_digits_tokenizes_scores_digit_by_digit(tmp_path):
+    from transformers import AutoTokenizer
+
+    from aesr1.modeling.tiny import build_tokenizer
+
+    corpus = [f"<answer>0.{n:02d}</answer>" for n in range(100)] * 5
+    merged = build_tokenizer(corpus, 512)
+    split = build_tokenizer(corpus, 512, split_digits=True)
+    text = "score 0.73 and 0.17"
+    assert any(len(piece.strip("Ġ")) > 1 and piece.strip("Ġ").isdigit() for piece in merged.tokenize(text))
+    digits = [piece.strip("Ġ") for piece in split.tokenize(text) if piece.strip("Ġ").isdigit()]
+    assert digits == ["0", "7", "3", "0", "1", "7"]
+    split.save_pretrained(tmp_path)
+    assert AutoTokenizer.from_pretrained(tmp_path).tokenize(text) == split.tokenize(text)

@@ -95,6 +95,21 @@ def completion_mask_until_eos(completion_ids, eos_token_id: int):
     return (seen_before == 0).long()
 
 
+def repeated_prompt_batch(
+    model, processor, images: Sequence[Any], num_samples: int, prompt: str | Sequence[str]
+) -> dict[str, Any]:
+    """The chat prompt batch with each image (and its prompt) repeated `num_samples` times, on the
+    model's device; `prompt` is one prompt for all images or one per image."""
+    repeated = [image for image in images for _ in range(num_samples)]
+    if not isinstance(prompt, str):
+        if len(prompt) != len(images):
+            raise ValueError(f"prompt has {len(prompt)} entries but images has {len(images)}")
+        prompt = [row for row in prompt for _ in range(num_samples)]
+    prompt_batch = build_inputs(processor, repeated, prompt)
+    device = next(model.parameters()).device
+    return {k: v.to(device) if hasattr(v, "to") else v for k, v in prompt_batch.items()}
+
+
 def generate_rollouts(
     model,
     processor,
@@ -111,14 +126,8 @@ def generate_rollouts(
     import torch
 
     sampling = sampling or SamplingConfig()
-    repeated = [image for image in images for _ in range(sampling.num_samples)]
-    if not isinstance(prompt, str):
-        if len(prompt) != len(images):
-            raise ValueError(f"prompt has {len(prompt)} entries but images has {len(images)}")
-        prompt = [row for row in prompt for _ in range(sampling.num_samples)]
-    prompt_batch = build_inputs(processor, repeated, prompt)
+    prompt_batch = repeated_prompt_batch(model, processor, images, sampling.num_samples, prompt)
     device = next(model.parameters()).device
-    prompt_batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in prompt_batch.items()}
     tokenizer = processor.tokenizer
     eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
     kwargs = dict(

@@ -57,6 +57,9 @@ class TinyModelConfig:
             patch 14 and merge 2, a 56×56 image becomes 4 visual tokens, 112×112 becomes 16.
         mrope_section: split of the rotary half-dimension over (temporal, height, width); must sum to
             head_dim / 2.
+        split_digits: pre-split numbers into single digits after training the BPE, as Qwen2's
+            tokenizer does: a score becomes "0" "." digit digit, a 10-way choice per digit instead of
+            one 100-way token such as "17", which a tiny model learns several times faster.
     """
 
     vocab_size: int = 1024
@@ -73,6 +76,7 @@ class TinyModelConfig:
     image_max_pixels: int = 112 * 112
     mrope_section: list[int] = field(default_factory=lambda: [2, 3, 3])
     max_position_embeddings: int = 4096
+    split_digits: bool = False
 
 
 def default_corpus() -> list[str]:
@@ -81,8 +85,11 @@ def default_corpus() -> list[str]:
     return [SCORING_PROMPT, AESCOT_PROMPT, *DIMENSIONS.keys(), *DIMENSIONS.values(), *scores]
 
 
-def build_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 1024):
-    """Train a byte-level BPE on `corpus` (plus `default_corpus()`) and wrap it for transformers."""
+def build_tokenizer(
+    corpus: Iterable[str] | None = None, vocab_size: int = 1024, *, split_digits: bool = False
+):
+    """Train a byte-level BPE on `corpus` (plus `default_corpus()`) and wrap it for transformers;
+    `split_digits` then pre-splits numbers into single digits (its merges of digits go unused)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -106,6 +113,11 @@ def build_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 1024)
         padding_side="left",
     )
     tokenizer.add_tokens(FORMAT_TOKENS)
+    if split_digits:
+        backend = tokenizer.backend_tokenizer
+        backend.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Digits(individual_digits=True), backend.pre_tokenizer]
+        )
     return tokenizer
 
 
@@ -189,7 +201,7 @@ def build_tiny_model(
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     config = config or TinyModelConfig()
-    tokenizer = build_tokenizer(vocab_corpus, config.vocab_size)
+    tokenizer = build_tokenizer(vocab_corpus, config.vocab_size, split_digits=config.split_digits)
     processor = build_processor(tokenizer, config)
     model_config = build_model_config(tokenizer, config)
     with torch.random.fork_rng(devices=[]):

@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from aesr1.generation import Rollout, SamplingConfig, completion_mask_until_eos
-from aesr1.modeling.chat import build_inputs, join_completions, model_inputs
+from aesr1.generation import Rollout, SamplingConfig, completion_mask_until_eos, repeated_prompt_batch
+from aesr1.modeling.chat import join_completions, model_inputs
 from aesr1.prompts import SCORING_PROMPT
 from aesr1.rollout.engine import DecodeEngine, EngineOptions, supports_model
 from aesr1.rollout.sampling import SamplingParams, process_logits
@@ -125,14 +125,7 @@ def resolve_engine(engine: str, model) -> str:
 
 
 def _prompt_batch(model, processor, images, sampling: SamplingConfig, prompt) -> dict[str, Any]:
-    repeated = [image for image in images for _ in range(sampling.num_samples)]
-    if not isinstance(prompt, str):
-        if len(prompt) != len(images):
-            raise ValueError(f"prompt has {len(prompt)} entries but images has {len(images)}")
-        prompt = [row for row in prompt for _ in range(sampling.num_samples)]
-    prompt_batch = build_inputs(processor, repeated, prompt)
-    device = next(model.parameters()).device
-    return {k: v.to(device) if hasattr(v, "to") else v for k, v in prompt_batch.items()}
+    return repeated_prompt_batch(model, processor, images, sampling.num_samples, prompt)
 
 
 def _rollout(processor, prompt_batch, completion_ids, completion_mask, logprobs, num_samples) -> Rollout:

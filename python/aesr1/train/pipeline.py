@@ -76,27 +76,10 @@ def build_model(config: TrainConfig, corpus: list[str]):
         tiny = TinyModelConfig(
             vocab_size=m.tiny_vocab_size, hidden_size=m.tiny_hidden_size, num_hidden_layers=m.tiny_layers,
             num_attention_heads=m.tiny_hidden_size // head_dim, intermediate_size=m.tiny_intermediate_size,
-            num_key_value_heads=max(1, m.tiny_hidden_size // head_dim // 2),
+            num_key_value_heads=max(1, m.tiny_hidden_size // head_dim // 2), split_digits=m.tiny_split_digits,
         )  # fmt: skip
-        model, processor = build_tiny_model(m.tiny_seed, vocab_corpus=corpus, config=tiny)
-        if m.tiny_split_digits:
-            split_digits(processor.tokenizer)
-        return model, processor
+        return build_tiny_model(m.tiny_seed, vocab_corpus=corpus, config=tiny)
     return load(config, config.model.name_or_path)
-
-
-def split_digits(tokenizer) -> None:
-    """Pre-split numbers into single digits, as Qwen2's tokenizer does (merges of digits go unused).
-
-    The tiny BPE of `aesr1.modeling.tiny` learns merges such as "17"; with them a score is one
-    100-way token, which a tiny model learns far more slowly than digit by digit.
-    """
-    from tokenizers import pre_tokenizers
-
-    backend = tokenizer.backend_tokenizer
-    backend.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), backend.pre_tokenizer]
-    )
 
 
 def load(config: TrainConfig, path: str | Path):
