@@ -94,8 +94,12 @@ def run_sft(
     output_dir: str | Path,
     *,
     resume: bool = False,
+    callbacks: Sequence[Any] = (),
 ):
-    """Fine-tune `model` on the cold-start `rows`; saves `<output_dir>/final` and returns the trainer."""
+    """Fine-tune `model` on the cold-start `rows`; saves `<output_dir>/final` and returns the trainer.
+
+    `callbacks`: extra `transformers.TrainerCallback`s (e.g. a step timer) after the JSONL logger.
+    """
     from datasets import Dataset
     from trl import SFTConfig as TrlSFTConfig
     from trl import SFTTrainer
@@ -160,7 +164,7 @@ def run_sft(
         train_dataset=dataset,
         data_collator=ChatCollator(processor, sft.max_completion_length),
         processing_class=processor,
-        callbacks=[_jsonl_callback(logger)],
+        callbacks=[_jsonl_callback(logger), *callbacks],
     )
     checkpoint = None
     if resume:
