@@ -598,3 +598,9 @@ def test_two_processes_groups_straddling_ranks_get_rapo_of_the_gathered_batch(tm
 
 if __name__ == "__main__":
     _distributed_worker(Path(os.environ["AESR1_TEST_OUT"]))
+    # Even after the explicit teardown, a library thread destroyed during interpreter shutdown
+    # occasionally aborts a rank ("terminate called without an active exception"; seen about once
+    # in five runs with DeepSpeed installed). The rank's results are on disk: leave without teardown.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -107,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         if result.plot is not None:
             print(f"plot: {result.plot}")
         print(f"wall time: {time.time() - started:.0f} s")
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()  # before interpreter shutdown tears its threads down
     return 0
 
 

@@ -295,10 +295,12 @@ class RAPOTrainer:
         unwrapped = self._unwrapped(model)
         for part in chunks(rows, self.cfg.micro_batch_size):
             sub = select_rows(batch, list(part))
-            logp = sequence_logprobs(
-                model, unwrapped, sub, temperature=self.cfg.temperature, backend=self.cfg.loss_backend,
-                fused_linear=self.fused_linear,
-            )  # fmt: skip
+            # autocast as accelerate's wrapped forward does, so both paths see the same precision
+            with self.accelerator.autocast():
+                logp = sequence_logprobs(
+                    model, unwrapped, sub, temperature=self.cfg.temperature, backend=self.cfg.loss_backend,
+                    fused_linear=self.fused_linear,
+                )  # fmt: skip
             out[part.start : part.stop, : logp.shape[1]] = logp.float()
         return out
 
@@ -407,9 +409,10 @@ class RAPOTrainer:
                     num_tokens=num_tokens, max_completion_length=cfg.max_completion_length,
                     backend=cfg.loss_backend,
                 )  # fmt: skip
-                loss, metrics = policy_loss(
-                    self.model, unwrapped, sub, loss_args, loss_kwargs, fused_linear=self.fused_linear
-                )
+                with acc.autocast():  # the fused path bypasses the wrapped forward's autocast
+                    loss, metrics = policy_loss(
+                        self.model, unwrapped, sub, loss_args, loss_kwargs, fused_linear=self.fused_linear
+                    )
                 self._backward(loss, last=sync)
             tokens = float(sub["completion_mask"].sum())
             tokens_seen += tokens
