@@ -199,19 +199,24 @@ def test_pipeline_runs_both_stages_under_zero3_in_two_processes_and_resumes(tmp_
     assert (out / "rapo" / "rapo_metrics.jsonl").read_text() == before  # nothing retrained
 
 
-def test_single_process_without_a_launcher_gets_rendezvous_variables(monkeypatch):
+def test_single_process_without_a_launcher_gets_rendezvous_variables():
+    from unittest import mock
+
     from aesr1.train.distributed import ensure_process_group_env
 
-    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(name, raising=False)
-    ensure_process_group_env()
-    assert (os.environ["RANK"], os.environ["WORLD_SIZE"], os.environ["MASTER_ADDR"]) == (
-        "0",
-        "1",
-        "127.0.0.1",
-    )
-    assert 0 < int(os.environ["MASTER_PORT"]) < 65536
-    monkeypatch.setenv("RANK", "3")
-    monkeypatch.setenv("MASTER_PORT", "1234")
-    ensure_process_group_env()  # a launcher's values stay
-    assert os.environ["RANK"] == "3" and os.environ["MASTER_PORT"] == "1234"
+    names = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    # patch.dict restores the environment on exit, removing the variables the call adds (left
+    # behind, they would make every later test's accelerate state distributed).
+    with mock.patch.dict(os.environ):
+        for name in names:
+            os.environ.pop(name, None)
+        ensure_process_group_env()
+        assert (os.environ["RANK"], os.environ["WORLD_SIZE"], os.environ["MASTER_ADDR"]) == (
+            "0",
+            "1",
+            "127.0.0.1",
+        )
+        assert 0 < int(os.environ["MASTER_PORT"]) < 65536
+        os.environ.update(RANK="3", MASTER_PORT="1234")
+        ensure_process_group_env()  # a launcher's values stay
+        assert os.environ["RANK"] == "3" and os.environ["MASTER_PORT"] == "1234"

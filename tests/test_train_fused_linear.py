@@ -51,7 +51,7 @@ def round_data(items, tmp_path_factory):
 
 def test_hidden_state_logprobs_equal_logits_logprobs(round_data):
     trainer, data, _ = round_data
-    model = trainer.model
+    model = trainer.accelerator.unwrap_model(trainer.model)
     with_logits = sequence_logprobs(
         model, model, data.batch, temperature=0.7, backend="torch", fused_linear=False
     )
@@ -66,7 +66,7 @@ def test_hidden_state_logprobs_equal_logits_logprobs(round_data):
 @pytest.mark.parametrize("beta", [0.0, 0.2])
 def test_fused_loss_and_gradients_equal_the_logits_path(round_data, beta):
     trainer, data, ref = round_data
-    model = trainer.model
+    model = trainer.accelerator.unwrap_model(trainer.model)
     batch = data.batch
     old = batch["completion_mask"] * -2.0 + 0.05 * torch.randn(
         ref.shape, generator=torch.Generator().manual_seed(1)
@@ -95,7 +95,7 @@ def test_fused_path_never_runs_the_plain_lm_head(round_data):
     """lm_head is entered as a module (hooks fire, as ZeRO-3 needs) but its own forward, which
     would make the (B, T, V) logits, never runs."""
     trainer, data, ref = round_data
-    model = trainer.model
+    model = trainer.accelerator.unwrap_model(trainer.model)
     head = model.get_output_embeddings()
     calls = []
     hook = head.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape))
