@@ -181,3 +181,40 @@ def test_rollout_backend_generate_records_sampling_logprobs_and_drift(items, tmp
 def test_vllm_backend_without_vllm_says_how_to_install(items, tmp_path):
     with pytest.raises(ImportError, match="pip install"):
         make_trainer(tmp_path, items, rollout_backend="vllm")
+
+
+class _FakeFlashModel:
+    """Just what `engine_attention` reads: the attention setting, a parameter's device, the setter."""
+
+    def __init__(self, device_type: str):
+        self.config = type("Config", (), {"_attn_implementation": "flash_attention_2"})()
+        self.device = type("Device", (), {"type": device_type})()
+        self.calls = []
+
+    def parameters(self):
+        yield type("Param", (), {"device": self.device})()
+
+    def set_attn_implementation(self, name):
+        self.calls.append(name)
+        self.config._attn_implementation = name
+
+
+def test_engine_samples_a_flash_attention_model_with_sdpa_and_restores_it():
+    from aesr1.train.rapo import engine_attention
+
+    model = _FakeFlashModel("cuda")
+    with engine_attention(model, "engine"):
+        assert model.config._attn_implementation == "sdpa"
+    assert model.config._attn_implementation == "flash_attention_2" and model.calls == [
+        "sdpa",
+        "flash_attention_2",
+    ]
+    for backend, device in (("generate", "cuda"), ("vllm", "cuda"), ("engine", "cpu")):
+        other = _FakeFlashModel(device)
+        with engine_attention(other, backend):
+            assert other.config._attn_implementation == "flash_attention_2"
+        assert other.calls == []
+    failing = _FakeFlashModel("cuda")
+    with pytest.raises(RuntimeError), engine_attention(failing, "engine"):
+        raise RuntimeError("decode failed")
+    assert failing.config._attn_implementation == "flash_attention_2"
