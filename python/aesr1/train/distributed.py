@@ -70,6 +70,14 @@ def ensure_process_group_env() -> None:
     )
 
 
+def refuse_optimizer_sections(values: dict[str, Any]) -> None:
+    if "optimizer" in values or "scheduler" in values:
+        raise ValueError(
+            "deepspeed config: drop the 'optimizer'/'scheduler' sections; the training config's "
+            "AdamW and learning-rate schedule are used (the stages build them)"
+        )
+
+
 def zero_stage(values: dict[str, Any]) -> int:
     return int(values.get("zero_optimization", {}).get("stage", 0))
 
@@ -98,11 +106,7 @@ def deepspeed_config(
     hidden_size: int | None = None,
 ) -> dict[str, Any]:
     """`values` with its "auto" entries filled for one stage (a copy; the input is not changed)."""
-    if "optimizer" in values or "scheduler" in values:
-        raise ValueError(
-            "deepspeed config: drop the 'optimizer'/'scheduler' sections; the training config's "
-            "AdamW and learning-rate schedule are used (the stages build them)"
-        )
+    refuse_optimizer_sections(values)
     out = copy.deepcopy(values)
     _fill(out, "train_micro_batch_size_per_gpu", micro_batch_size)
     _fill(out, "gradient_accumulation_steps", accumulation_steps)
@@ -189,11 +193,7 @@ def sft_deepspeed_config(config: TrainConfig) -> dict[str, Any] | None:
     if config.deepspeed is None:
         return None
     values = read_deepspeed_config(config.deepspeed)
-    if "optimizer" in values or "scheduler" in values:
-        raise ValueError(
-            "deepspeed config: drop the 'optimizer'/'scheduler' sections; the training config's "
-            "AdamW and learning-rate schedule are used (the stages build them)"
-        )
+    refuse_optimizer_sections(values)
     return values
 
 

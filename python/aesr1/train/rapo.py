@@ -254,7 +254,6 @@ class RAPOTrainer:
     # Rollouts
 
     def _make_rollout_fn(self):
-        from aesr1.generation import SamplingConfig
         from aesr1.rollout import EngineOptions, RolloutConfig, make_rollout_fn
 
         cfg = self.cfg
@@ -265,17 +264,23 @@ class RAPOTrainer:
         )  # fmt: skip
         if cfg.rollout_backend != "vllm":
             return make_rollout_fn(rollout)
-        sampling = SamplingConfig(
-            num_samples=cfg.num_generations, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-            max_new_tokens=cfg.max_completion_length, do_sample=True,
-        )  # fmt: skip
         return make_rollout_fn(
             rollout,
             model=self.model,
             processor=self.processor,
             accelerator=self.accelerator,
-            sampling=sampling,
+            sampling=self._sampling(),
         )
+
+    def _sampling(self):
+        """The rollout sampling settings of `rapo` (K completions per image)."""
+        from aesr1.generation import SamplingConfig
+
+        cfg = self.cfg
+        return SamplingConfig(
+            num_samples=cfg.num_generations, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+            max_new_tokens=cfg.max_completion_length, do_sample=True,
+        )  # fmt: skip
 
     def _unwrapped(self, model):
         return (
@@ -308,15 +313,10 @@ class RAPOTrainer:
         """Sample, score and precompute log-probs for one generation round (all processes together)."""
         from trl.models import unwrap_model_for_generation
 
-        from aesr1.generation import SamplingConfig
-
         cfg = self.cfg
         indices = self._local_share(self.position.take(cfg.images_per_generation))
         items = [self.train_items[i] for i in indices]
-        sampling = SamplingConfig(
-            num_samples=cfg.num_generations, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-            max_new_tokens=cfg.max_completion_length, do_sample=True,
-        )  # fmt: skip
+        sampling = self._sampling()
         # Seeded per (run seed, round, process): a resumed run samples exactly what the killed one would have.
         seed = (self.config.seed * 1_000_003 + round_index) * 1009 + self.accelerator.process_index
         self.model.eval()
@@ -354,9 +354,8 @@ class RAPOTrainer:
     def _drift(self, sampled: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
         """|log-prob under the sampler - log-prob under the training forward| over valid tokens: how far
         the rollout backend's numerics (bf16 decode, CUDA graphs, vLLM) are from the policy's."""
-        width = min(sampled.shape[1], old_logp.shape[1])
-        valid = mask[:, :width].bool()
-        gap = (sampled[:, :width].float() - old_logp[:, :width]).abs().masked_fill(~valid, 0.0)
+        valid = mask.bool()
+        gap = (sampled.float() - old_logp).abs().masked_fill(~valid, 0.0)
         acc = self.accelerator
         totals = acc.reduce(torch.stack([gap.sum(), valid.sum().float()]).double(), reduction="sum")
         worst = acc.gather(gap.max().reshape(1).double()).max()
@@ -391,6 +390,11 @@ class RAPOTrainer:
         ratio_min, ratio_max = math.inf, -math.inf
         tokens_seen = 0.0
         unwrapped = self._unwrapped(self.model)
+        loss_kwargs = dict(
+            eps_low=cfg.eps_low, eps_high=cfg.eps_high, beta=cfg.beta, temperature=cfg.temperature,
+            aggregation=cfg.aggregation, kl_clamp=cfg.kl_clamp, num_sequences=num_sequences,
+            num_tokens=num_tokens, max_completion_length=cfg.max_completion_length, backend=cfg.loss_backend,
+        )  # fmt: skip
         for number, part in enumerate(parts):
             sub_rows = [rows[i] for i in part]
             sub = select_rows(data.batch, sub_rows)
@@ -402,12 +406,6 @@ class RAPOTrainer:
                 loss_args = (
                     sub["completion_ids"], _rows(data.old_logp, sub_rows, width),
                     _rows(data.ref_logp, sub_rows, width), data.advantages[sub_rows], sub["completion_mask"],
-                )  # fmt: skip
-                loss_kwargs = dict(
-                    eps_low=cfg.eps_low, eps_high=cfg.eps_high, beta=cfg.beta, temperature=cfg.temperature,
-                    aggregation=cfg.aggregation, kl_clamp=cfg.kl_clamp, num_sequences=num_sequences,
-                    num_tokens=num_tokens, max_completion_length=cfg.max_completion_length,
-                    backend=cfg.loss_backend,
                 )  # fmt: skip
                 with acc.autocast():  # the fused path bypasses the wrapped forward's autocast
                     loss, metrics = policy_loss(
@@ -542,11 +540,7 @@ class RAPOTrainer:
         from trl.models import unwrap_model_for_generation
 
         with unwrap_model_for_generation(self.model, self.accelerator) as unwrapped:
-            was_training = unwrapped.training
-            try:
-                return self.evaluate_fn(unwrapped, self.position.step)
-            finally:
-                unwrapped.train(was_training)
+            return self.evaluate_fn(unwrapped, self.position.step)
 
     @staticmethod
     def _next_multiple(step: int, interval: int) -> int | None:
