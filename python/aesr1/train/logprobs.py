@@ -27,9 +27,6 @@ import torch
 
 from aesr1.modeling.chat import model_inputs
 
-#: Target bytes of one chunk of logits in the no-grad path (one sequence at least).
-_LOGPROB_CHUNK_BYTES = 256 * 1024 * 1024
-
 
 def completion_logits(model, batch: dict[str, Any]) -> torch.Tensor:
     """Logits (B, T, V) scoring `batch["completion_ids"]`; only the last T+1 positions go through lm_head."""
@@ -94,12 +91,13 @@ def token_logprobs_from_hidden(
     chunk_size: int | None = None,
 ) -> torch.Tensor:
     """log_softmax(hidden @ weight^T / temperature)[completion_ids] in fp32, (B, T), one chunk of
-    sequences at a time (`chunk_size` sequences; default ~256 MiB of logits). Padding gives 0."""
+    sequences at a time (`chunk_size` sequences; default: the fused loss's chunk). Padding gives 0."""
     from aesr1.loss import token_logprobs
+    from aesr1.triton_kernels.fused_linear_rapo import default_chunk_sequences
 
     batch, seq_len, width = hidden.shape
     vocab = weight.shape[0]
-    chunk = chunk_size or max(1, _LOGPROB_CHUNK_BYTES // max(1, seq_len * vocab * hidden.element_size()))
+    chunk = chunk_size or default_chunk_sequences(seq_len, vocab, hidden.element_size())
     out = torch.zeros(batch, seq_len, dtype=torch.float32, device=hidden.device)
     for b0 in range(0, batch, chunk):
         b1 = min(batch, b0 + chunk)
