@@ -500,7 +500,9 @@ def rapo_token_forward(
 
 
 def scale_grad_(grad: torch.Tensor, factor: torch.Tensor, backend: str) -> torch.Tensor:
-    """grad *= factor (a 0-d tensor) in place; on CUDA without a host sync and free when factor is 1."""
+    """grad *= factor (a 0-d tensor) in place, the product taken in fp32 and rounded once (a bf16
+    factor would bias every gradient by up to 2^-9); never a host sync. The Triton kernel on CUDA skips
+    the multiplication on the device when factor is 1."""
     if backend == "triton" and grad.is_cuda and grad.dim() in (2, 3) and grad.stride(-1) == 1:
         view = grad if grad.dim() == 3 else grad.unsqueeze(0)
         batch, seq_len, width = view.shape
@@ -516,8 +518,15 @@ def scale_grad_(grad: torch.Tensor, factor: torch.Tensor, backend: str) -> torch
             num_warps=4 if block < 2048 else 8,
         )
         return grad
-    if grad.is_cuda or torch.compiler.is_compiling() or float(factor) != 1.0:
-        grad.mul_(factor.to(grad.dtype))
+    factor32 = factor.detach().reshape(()).to(torch.float32)
+    if grad.dtype in (torch.float32, torch.float64):
+        return grad.mul_(factor32.to(grad.dtype))
+    flat = grad.view(-1) if grad.is_contiguous() else None
+    if flat is None:
+        return grad.copy_(grad.float().mul_(factor32))
+    for start in range(0, flat.numel(), _TORCH_CHUNK_ELEMENTS):
+        part = flat[start : start + _TORCH_CHUNK_ELEMENTS]
+        part.copy_(part.float().mul_(factor32))
     return grad
 
 
@@ -525,7 +534,10 @@ class RapoLossFunction(torch.autograd.Function):
     """loss = sum_t weight_t * (-surrogate_t + beta * kl_t); also returns per-token logp and entropy.
 
     The gradient is produced by the forward (into a new buffer, or over `logits` when `inplace`), so
-    the backward can run once only; `logp` and `entropy` are not differentiable.
+    the backward can run once only; `logp` and `entropy` are not differentiable. fp16 logits are the
+    exception: their gradient (a token weight ~1/tokens times a probability) would underflow in fp16
+    before a loss scaler multiplies it, so the backward computes it with the incoming factor folded
+    into the fp32 token weights and rounds it once (a second pass over the logits).
     """
 
     @staticmethod
@@ -544,8 +556,9 @@ class RapoLossFunction(torch.autograd.Function):
         block_v,
         write_grad,
     ):
+        deferred = write_grad and logits.dtype == torch.float16
         grad = None
-        if write_grad:
+        if write_grad and not deferred:
             grad = logits.detach() if inplace else torch.empty_like(logits)
         logp, entropy = rapo_token_forward(
             logits,
@@ -557,16 +570,21 @@ class RapoLossFunction(torch.autograd.Function):
             weight,
             hp,
             backend=backend,
-            write_grad=write_grad,
+            write_grad=write_grad and not deferred,
             grad=grad,
             block_v=block_v,
         )
-        if write_grad and inplace and backend == "triton":
+        if write_grad and inplace and backend == "triton" and not deferred:
             # The kernel's writes are invisible to autograd: bump the version counter so that a graph
             # node that saved these logits raises instead of silently using gradients as logits.
             torch.autograd.graph.increment_version(logits)
         loss = weighted_token_loss(logp, valid, old_logp, ref_logp, advantages.unsqueeze(-1), weight, hp)
-        ctx.grad = grad
+        if deferred:
+            ctx.recompute = (logits.detach(), ids, valid, old_logp, ref_logp, advantages, weight)
+            ctx.settings = (hp, inplace, block_v)
+            ctx.grad = "deferred"
+        else:
+            ctx.grad = grad
         ctx.backend = backend
         ctx.mark_non_differentiable(logp, entropy)
         return loss, logp, entropy
@@ -579,6 +597,17 @@ class RapoLossFunction(torch.autograd.Function):
                 "rapo_loss computes its gradient in the forward; it can be back-propagated only once"
             )
         ctx.grad = None
+        if isinstance(grad, str):
+            logits, ids, valid, old, ref, adv, weight = ctx.recompute
+            hp, inplace, block_v = ctx.settings
+            ctx.recompute = None
+            grad = logits if inplace else torch.empty_like(logits)
+            scaled = weight * grad_loss.detach().to(torch.float32)
+            rapo_token_forward(
+                logits, ids, valid, old, ref, adv, scaled, hp,
+                backend=ctx.backend, write_grad=True, grad=grad, block_v=block_v,
+            )  # fmt: skip
+            return (grad,) + (None,) * 11
         scale_grad_(grad, grad_loss, ctx.backend)
         return (grad,) + (None,) * 11
 

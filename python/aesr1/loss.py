@@ -21,7 +21,9 @@ losses and gradients equal those of the one big batch.
 
 Backends: "triton" (fused kernels; CUDA, or CPU tensors in a process started with
 TRITON_INTERPRET=1), "torch" (the same algorithm in plain PyTorch, fp32), "auto" = triton on CUDA,
-torch elsewhere. Both compute the gradient in the forward; backward may run once.
+torch elsewhere. Both compute the gradient in the forward (with fp16, in the backward, already
+multiplied by the incoming factor so a loss scaler's scale is applied before the fp16 rounding);
+backward may run once. The gradient is computed in fp32 and rounded once to the logits' dtype.
 """
 
 from __future__ import annotations
@@ -32,7 +34,11 @@ from typing import Literal
 import torch
 
 from aesr1.triton_kernels._launch import triton_available
-from aesr1.triton_kernels.fused_linear_rapo import FusedLinearRapoFunction, default_chunk_sequences
+from aesr1.triton_kernels.fused_linear_rapo import (
+    FusedLinearRapoFunction,
+    compute_dtype,
+    default_chunk_sequences,
+)
 from aesr1.triton_kernels.rapo_loss import (
     KL_LOG_RATIO_CLAMP,
     KL_VALUE_CLAMP,
@@ -51,6 +57,7 @@ __all__ = [
     "RapoLossConfig",
     "rapo_loss",
     "rapo_loss_from_hidden",
+    "raise_for_checks",
     "token_logprobs",
 ]
 
@@ -140,6 +147,20 @@ def _check_count(name: str, value, device) -> None:
         return  # its sign is checked with the other device values
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise ValueError(f"{name}: expected a positive number, got {value!r}")
+
+
+def raise_for_checks(checks: list[tuple[str, torch.Tensor]], flags: list | None = None) -> None:
+    """Run the value checks that `rapo_loss(..., deferred_checks=checks)` appended instead of running:
+    raise for the first whose device flag is set, with one host sync in all, or none when the caller
+    read the flags itself (`flags`: their host values, in order, read with its other values)."""
+    if flags is None:
+        _check_values(checks)
+        return
+    if len(flags) != len(checks):
+        raise ValueError(f"flags: expected {len(checks)} values, one per check, got {len(flags)}")
+    for (message, _), bad in zip(checks, flags, strict=True):
+        if bad:
+            raise ValueError(message)
 
 
 def _check_values(checks: list[tuple[str, torch.Tensor]]) -> None:
@@ -239,6 +260,7 @@ def _prepare(
     num_tokens,
     max_completion_length,
     kl_clamp,
+    deferred_checks=None,
 ):
     batch, seq_len, vocab = logits_shape
     if batch == 0 or seq_len == 0:
@@ -277,7 +299,10 @@ def _prepare(
     if ref_logp is not None:
         _finite_checks("ref_logp", ref_logp, valid, checks)
     weight = _token_weights(valid, aggregation, num_sequences, num_tokens, max_completion_length, checks)
-    _check_values(checks)
+    if deferred_checks is None:
+        _check_values(checks)
+    else:
+        deferred_checks.extend(checks)
 
     hp = RapoHyperparams(
         temperature=float(temperature),
@@ -347,6 +372,7 @@ def rapo_loss(
     num_tokens: int | float | torch.Tensor | None = None,
     max_completion_length: int | None = None,
     backend: Backend = "auto",
+    deferred_checks: list | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """RAPO policy loss (negated Eq. 10 with the Eq. 12 KL) and its metrics, from logits.
 
@@ -363,6 +389,10 @@ def rapo_loss(
     num_sequences, num_tokens, max_completion_length: normalisers of the aggregation, see the
         module docstring; pass global values for gradient accumulation or data parallelism.
     backend: "auto", "triton" or "torch" (module docstring).
+    deferred_checks: a list to append the checks of tensor values (ids in range, finite log-probs,
+        0/1 mask) to instead of running them, each a host synchronisation on CUDA: a training loop
+        collects those of its micro-batches and passes them to `raise_for_checks` once per step.
+        Shapes, dtypes and scalars are always checked at once.
 
     Returns the scalar fp32 loss and a dict of detached scalar fp32 tensors (`METRIC_NAMES`): mean
     k3 KL, the fractions of tokens clipped low (r < 1 - eps_low, A < 0) and high (r > 1 + eps_high,
@@ -393,6 +423,7 @@ def rapo_loss(
         num_tokens=num_tokens,
         max_completion_length=max_completion_length,
         kl_clamp=kl_clamp,
+        deferred_checks=deferred_checks,
     )
     write_grad = logits.requires_grad and torch.is_grad_enabled()
     if logits.stride(-1) != 1:
@@ -426,6 +457,7 @@ def rapo_loss_from_hidden(
     chunk_size: int | None = None,
     weight_grad_dtype: torch.dtype | None = None,
     backend: Backend = "auto",
+    deferred_checks: list | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """`rapo_loss` for logits = hidden @ lm_head_weight^T, without materialising all the logits.
 
@@ -433,7 +465,14 @@ def rapo_loss_from_hidden(
     lm_head_weight: (V, H), same dtype and device as `hidden`; no bias.
     chunk_size: sequences per chunk (default: ~384 MiB of logits per chunk, at least one sequence).
     weight_grad_dtype: dtype of the cross-chunk dW accumulator (default: the weight's dtype; each
-        chunk's GEMM accumulates in fp32 either way). torch.float32 sums exactly at 4 bytes/weight.
+        chunk's GEMM accumulates in fp32 either way). torch.float32 sums in fp32 at 4 bytes/weight.
+
+    Precision: the GEMMs take their operands in the autocast dtype when autocast is enabled for
+    the device (as `nn.Linear` would), else in the inputs' dtype; each accumulates in fp32. The
+    logits and d loss/d logits are rounded once to that dtype, dX once and then converted to
+    `hidden`'s dtype, dW per chunk in fp32 into the `weight_grad_dtype` accumulator (full contract:
+    `aesr1.triton_kernels.fused_linear_rapo`). So fp32 inputs under bf16 autocast run bf16 GEMMs
+    and get fp32 gradients; without autocast fp32 inputs run fp32 GEMMs.
 
     Gradients reach `hidden` and `lm_head_weight` (whichever require grad); see `rapo_loss` for the
     other arguments and the returned metrics.
@@ -480,11 +519,14 @@ def rapo_loss_from_hidden(
         num_tokens=num_tokens,
         max_completion_length=max_completion_length,
         kl_clamp=kl_clamp,
+        deferred_checks=deferred_checks,
     )
     grad_on = torch.is_grad_enabled()
     need_hidden_grad = grad_on and hidden.requires_grad
     need_weight_grad = grad_on and lm_head_weight.requires_grad
-    chunk = chunk_size or default_chunk_sequences(seq_len, vocab, hidden.element_size())
+    gemm_dtype = compute_dtype(hidden.device, hidden.dtype)
+    element_size = torch.empty((), dtype=gemm_dtype).element_size()
+    chunk = chunk_size or default_chunk_sequences(seq_len, vocab, element_size)
     loss, logp, entropy = FusedLinearRapoFunction.apply(
         hidden,
         lm_head_weight,
@@ -501,6 +543,7 @@ def rapo_loss_from_hidden(
         None,
         need_hidden_grad,
         need_weight_grad,
+        gemm_dtype,
     )
     return loss, _metrics(logp, entropy, valid, old, ref, adv, hp)
 

@@ -93,11 +93,13 @@ def token_logprobs_from_hidden(
     """log_softmax(hidden @ weight^T / temperature)[completion_ids] in fp32, (B, T), one chunk of
     sequences at a time (`chunk_size` sequences; default: the fused loss's chunk). Padding gives 0."""
     from aesr1.loss import token_logprobs
-    from aesr1.triton_kernels.fused_linear_rapo import default_chunk_sequences
+    from aesr1.triton_kernels.fused_linear_rapo import compute_dtype, default_chunk_sequences
 
     batch, seq_len, width = hidden.shape
     vocab = weight.shape[0]
-    chunk = chunk_size or default_chunk_sequences(seq_len, vocab, hidden.element_size())
+    # the loss's chunking and GEMM dtype, so that on-policy log-probs match the loss's bit for bit
+    element_size = torch.empty((), dtype=compute_dtype(hidden.device, hidden.dtype)).element_size()
+    chunk = chunk_size or default_chunk_sequences(seq_len, vocab, element_size)
     out = torch.zeros(batch, seq_len, dtype=torch.float32, device=hidden.device)
     for b0 in range(0, batch, chunk):
         b1 = min(batch, b0 + chunk)
