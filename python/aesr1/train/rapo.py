@@ -41,7 +41,7 @@ import torch
 
 from aesr1.data.records import ScoredImage
 from aesr1.generation import NEVER_SAMPLE, suppressed_tokens
-from aesr1.train.batching import chunks, select_rows, to_device
+from aesr1.train.batching import chunks, select_rows, to_device, with_host_sizes
 from aesr1.train.config import TrainConfig, validate_world_size
 from aesr1.train.distributed import is_deepspeed
 from aesr1.train.logprobs import completion_logits, policy_loss, sequence_logprobs
@@ -333,7 +333,7 @@ class RAPOTrainer:
                 rollout = self.rollout_fn(
                     unwrapped, self.processor, [i.image for i in items], sampling, seed=seed
                 )
-        batch = to_device(rollout.batch, self.accelerator.device)
+        batch = with_host_sizes(to_device(rollout.batch, self.accelerator.device))
         scored = score_rollouts(
             rollout.texts, [i.score for i in items], cfg.num_generations, self.config.reward, self.accelerator
         )
@@ -375,7 +375,12 @@ class RAPOTrainer:
         return [order[s * per : (s + 1) * per] for s in range(self.cfg.steps_per_generation)]
 
     def optimiser_step(self, data: Round, rows: list[int]) -> dict[str, float]:
-        """One optimiser step on this process's `rows` of the round; returns globally averaged metrics."""
+        """One optimiser step on this process's `rows` of the round; returns globally averaged metrics.
+
+        Metrics stay on the device through the micro-batches, and so do the loss's value checks
+        (`deferred_checks`): the step synchronises with the host once, when it reads them all."""
+        from aesr1.loss import raise_for_checks
+
         cfg, acc = self.cfg, self.accelerator
         self.model.train()
         mask_all = data.batch["completion_mask"]
@@ -383,17 +388,20 @@ class RAPOTrainer:
         global_tokens = acc.reduce(local_tokens.clone(), reduction="sum")
         # DDP averages gradients over processes: per-process normalisers are global / world.
         num_sequences = float(len(rows))
-        num_tokens = (global_tokens / acc.num_processes).item()
+        num_tokens = global_tokens / acc.num_processes
         parts = chunks(len(rows), cfg.micro_batch_size)
-        totals = {"loss": 0.0}
-        weighted = {name: 0.0 for name in ("kl", "clip_frac_low", "clip_frac_high", "entropy", "ratio_mean")}
-        ratio_min, ratio_max = math.inf, -math.inf
-        tokens_seen = 0.0
+        device = acc.device
+        # loss, the token-weighted metrics, tokens: summed over micro-batches on the device
+        weighted_names = ("kl", "clip_frac_low", "clip_frac_high", "entropy", "ratio_mean")
+        sums = torch.zeros(len(weighted_names) + 2, dtype=torch.float64, device=device)
+        extremes = torch.tensor([-math.inf, -math.inf], dtype=torch.float64, device=device)  # -min, max
+        checks: list = []
         unwrapped = self._unwrapped(self.model)
         loss_kwargs = dict(
             eps_low=cfg.eps_low, eps_high=cfg.eps_high, beta=cfg.beta, temperature=cfg.temperature,
             aggregation=cfg.aggregation, kl_clamp=cfg.kl_clamp, num_sequences=num_sequences,
             num_tokens=num_tokens, max_completion_length=cfg.max_completion_length, backend=cfg.loss_backend,
+            deferred_checks=checks,
         )  # fmt: skip
         for number, part in enumerate(parts):
             sub_rows = [rows[i] for i in part]
@@ -412,33 +420,36 @@ class RAPOTrainer:
                         self.model, unwrapped, sub, loss_args, loss_kwargs, fused_linear=self.fused_linear
                     )
                 self._backward(loss, last=sync)
-            tokens = float(sub["completion_mask"].sum())
-            tokens_seen += tokens
-            totals["loss"] += loss.item()
-            for name in weighted:
-                weighted[name] += metrics[name].item() * tokens
-            ratio_min = min(ratio_min, metrics["ratio_min"].item())
-            ratio_max = max(ratio_max, metrics["ratio_max"].item())
+            tokens = sub["completion_mask"].sum().double()
+            # a metric is NaN over a micro-batch without valid tokens; it then weighs nothing
+            values = torch.stack([metrics[n].double() for n in weighted_names])
+            values = torch.where(tokens > 0, values * tokens, torch.zeros_like(values))
+            sums += torch.cat([loss.detach().double().reshape(1), values, tokens.reshape(1)])
+            micro = torch.stack([-metrics["ratio_min"].double(), metrics["ratio_max"].double()])
+            extremes = torch.fmax(extremes, torch.where(tokens > 0, micro, torch.full_like(micro, -math.inf)))
         # Under DeepSpeed the engine clipped and stepped at the boundary (its "gradient_clipping");
         # this returns the norm it measured.
         grad_norm = acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+        # Summed over processes, check flags included, so that every process raises together.
+        flags = [flag.reshape(1).to(torch.float64) for _, flag in checks]
+        summed = acc.reduce(torch.cat([sums, *flags]), reduction="sum")
+        worst = acc.gather(extremes.reshape(1, 2)).amax(dim=0)
+        norm = torch.as_tensor(float("nan") if grad_norm is None else grad_norm, dtype=torch.float64)
+        host = torch.cat([summed, worst, norm.to(device).reshape(1)]).tolist()  # the step's one sync
+        count = len(sums)
+        raise_for_checks(checks, flags=host[count : count + len(checks)])  # before the weights move
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
 
-        local = [totals["loss"]] + [weighted[n] for n in weighted] + [tokens_seen]
-        summed = acc.reduce(
-            torch.tensor(local, dtype=torch.float64, device=acc.device), reduction="sum"
-        ).tolist()
+        summed, (neg_min, ratio_max), grad_value = host[:count], host[-3:-1], host[-1]
         out = {"loss": summed[0] / acc.num_processes}
         tokens_all = max(summed[-1], 1.0)
-        for name, value in zip(weighted, summed[1:-1], strict=True):
+        for name, value in zip(weighted_names, summed[1:-1], strict=True):
             out[name] = value / tokens_all
-        extremes = acc.gather(torch.tensor([[-ratio_min, ratio_max]], dtype=torch.float64, device=acc.device))
-        out["ratio_min"] = -extremes[:, 0].max().item()
-        out["ratio_max"] = extremes[:, 1].max().item()
+        out["ratio_min"], out["ratio_max"] = -neg_min, ratio_max
         out["clip_frac"] = out["clip_frac_low"] + out["clip_frac_high"]
-        out["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
+        out["grad_norm"] = grad_value
         return out
 
     def _backward(self, loss: torch.Tensor, *, last: bool) -> None:
