@@ -1,24 +1,35 @@
-"""Benchmark of rollout sampling (issue 8): transformers `generate` vs the static-cache decode engine.
+"""Benchmark of rollout sampling: transformers `generate` vs the static-cache decode engine.
 
-    python benches/bench_rollout.py                  # the H100 workload (below), all methods in one run
-    python benches/bench_rollout.py --smoke          # tiny config on CPU (or any device): CI can run it
-    python benches/bench_rollout.py --json out.json  # also write the rows
+    python benches/bench_rollout.py                    # the GPU workload (below), every method in one run
+    python benches/bench_rollout.py --smoke            # tiny config on CPU (or any device)
     python benches/bench_rollout.py --greedy-check 64  # also compare greedy tokens, engine vs generate
+    python benches/bench_rollout.py --rows rows.jsonl  # append each row the moment it is measured
+    python benches/bench_rollout.py --json out.json    # also write the report at the end
 
-Workload (issue 8): a random-initialised Qwen2.5-VL-3B built from its configuration (no download),
-bf16, 32 sequences x (256 prompt + 512 new tokens); each prompt holds one 224x224 image (64 visual
+Workload: a random-initialised Qwen2.5-VL-3B built from its configuration (no download), bf16,
+32 sequences x (256 prompt + 512 new tokens); each prompt holds one 224x224 image (64 visual
 tokens after the patch merger) between random text tokens. EOS is an id outside the vocabulary, so
 every method produces exactly 32 x 512 tokens. Sampling: temperature 1, no top-k/top-p (RAPO's
 defaults).
 
-Methods: `generate` with the dynamic cache (what trl uses by default), `generate` with
-`cache_implementation="static"` timed after a warm-up call (transformers compiles the forward),
-the engine with CUDA graphs timed after a warm-up call (captures), the engine with its step also
-compiled by inductor (`engine-compile`, full workload only) and the engine without graphs.
+Methods (run in the order given by --methods): `generate` with the dynamic cache (what trl uses by
+default), `generate` with `cache_implementation="static"` timed after a warm-up call (transformers
+compiles the forward), the engine with CUDA graphs timed after a warm-up call (captures), the
+engine with its step also compiled by inductor (`engine-compile`, full workload only) and the
+engine without graphs. The greedy check runs before the methods that compile (they take longest).
 Time: wall clock around the whole call after `torch.cuda.synchronize` (prefill included), so
-ms/step = total / new tokens per sequence, the issue's definition; the engine also reports its
-decode-only ms/step. Memory: the allocator's peak during the timed call (weights included) and its
-excess over what was allocated before the call.
+ms/step = total / new tokens per sequence; the engine also reports its decode-only ms/step.
+Memory: the allocator's peak during the timed call (weights included) and its excess over what was
+allocated before the call.
+
+A GPU engine row whose decode ran without the CUDA graphs it asked for is a "fallback" row without
+figures; on CPU the engine runs eagerly by design (its rows say so). The greedy check fails when a
+row diverges at a position where `generate`'s two candidates are more than GREEDY_TIE_LOGITS apart
+(a divergence at a near-tie is numerics, one beyond it a bug).
+
+Rows (benches/gpu/rowlog.py): bench "rollout", name = the method, figures total_s, tokens_per_s,
+ms_per_step, decode_ms_per_step, peak_gb, peak_extra_gb, new_tokens; "greedy check" (identical_rows,
+rows, steps, max_top2_gap); "ratio: generate-dynamic / engine" (speedup).
 """
 
 from __future__ import annotations
@@ -34,11 +45,18 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from aesr1.rollout import DecodeEngine, EngineOptions, SamplingParams
+sys.path.insert(0, str(Path(__file__).resolve().parent / "gpu"))
+from rowlog import RowLog  # noqa: E402
+
+from aesr1.rollout import DecodeEngine, EngineOptions, SamplingParams  # noqa: E402
 
 METHODS = ("generate-dynamic", "generate-static", "engine", "engine-eager")
 #: also run by default on the full workload (compiling takes minutes on CPU for nothing to learn)
 FULL_ONLY = ("engine-compile",)
+#: methods whose warm-up compiles (minutes on a 3B model): after the greedy check
+COMPILING = ("generate-static", "engine-compile")
+#: logits; a greedy divergence where generate's top-2 gap exceeds this is a failure
+GREEDY_TIE_LOGITS = 0.25
 
 
 @dataclass
@@ -51,7 +69,7 @@ class Workload:
     size: str
 
 
-H100 = Workload(rows=32, prompt_length=256, new_tokens=512, image_side=224, dtype="bfloat16", size="3b")
+FULL = Workload(rows=32, prompt_length=256, new_tokens=512, image_side=224, dtype="bfloat16", size="3b")
 SMOKE = Workload(rows=4, prompt_length=40, new_tokens=12, image_side=56, dtype="float32", size="tiny")
 
 
@@ -195,40 +213,98 @@ def run_engine(engine: DecodeEngine, inputs, workload: Workload, never: int, pad
                          pad_token_id=pad, seed=seed)  # fmt: skip
 
 
-def bench(model, inputs, workload: Workload, methods, device) -> list[Row]:
+def measure_method(model, inputs, workload: Workload, method: str, device) -> tuple[Row, str | None]:
+    """One method's row (warm-up call, then the timed call) and, for an engine that ran without the
+    CUDA graphs it asked for on a GPU, why it is a fallback."""
     never = model.config.get_text_config().vocab_size  # an id no method can produce: no early EOS
     pad = model.config.get_text_config().pad_token_id
-    rows: list[Row] = []
-    for method in tqdm(methods, desc="methods", unit="method"):
-        if method.startswith("generate"):
-            static = method == "generate-static"
+    fallback = None
+    if method.startswith("generate"):
+        static = method == "generate-static"
 
-            def call(static=static):
-                return run_generate(model, inputs, workload, never, pad, static)
+        def call(static=static):
+            return run_generate(model, inputs, workload, never, pad, static)
 
-            call()  # warm-up: CUDA/cuBLAS initialisation, and the compilation of the static-cache forward
-            output, seconds, peak, extra = measured(device, call)
-            new = int(output.shape[1] - inputs["input_ids"].shape[1]) * output.shape[0]
-            decode_ms, note = None, "warm" if static else ""
-        else:
-            options = EngineOptions(cuda_graphs=method != "engine-eager", compile=method == "engine-compile")
-            engine = DecodeEngine(model, options)
-            run_engine(engine, inputs, workload, never, pad, seed=0)  # warm-up: buffers, graph capture
-            result, seconds, peak, extra = measured(
-                device, lambda e=engine: run_engine(e, inputs, workload, never, pad, 1)
-            )
-            new = int(result.completion_mask.sum())
-            stats = result.stats
-            decode_ms = 1e3 * stats["decode_s"] / max(stats["decode_steps"], 1)
-            note = f"prefill {stats['prefill_s'] * 1e3:.0f} ms, graphs={stats['cuda_graphs']}"
-            del engine
-        per_row = new / workload.rows
-        rows.append(
-            Row(method, seconds, new / seconds, 1e3 * seconds / per_row, decode_ms, peak, extra, new, note)
+        call()  # warm-up: CUDA/cuBLAS initialisation, and the compilation of the static-cache forward
+        output, seconds, peak, extra = measured(device, call)
+        new = int(output.shape[1] - inputs["input_ids"].shape[1]) * output.shape[0]
+        decode_ms, note = None, "timed after a warm-up call" if static else ""
+    else:
+        wants_graphs = method != "engine-eager"
+        options = EngineOptions(cuda_graphs=wants_graphs, compile=method == "engine-compile")
+        engine = DecodeEngine(model, options)
+        run_engine(engine, inputs, workload, never, pad, seed=0)  # warm-up: buffers, graph capture
+        result, seconds, peak, extra = measured(
+            device, lambda e=engine: run_engine(e, inputs, workload, never, pad, 1)
         )
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    return rows
+        new = int(result.completion_mask.sum())
+        stats = result.stats
+        decode_ms = 1e3 * stats["decode_s"] / max(stats["decode_steps"], 1)
+        graphs = bool(stats.get("cuda_graphs"))
+        note = f"prefill {stats['prefill_s'] * 1e3:.0f} ms, cuda_graphs={graphs}"
+        if device.type != "cuda":
+            note += " (CPU: the engine runs eagerly, CUDA graphs need a GPU)"
+        elif wants_graphs and not graphs:
+            fallback = "the engine decoded without CUDA graphs on a GPU (it asked for them)"
+        del engine
+    per_row = new / workload.rows
+    row = Row(method, seconds, new / seconds, 1e3 * seconds / per_row, decode_ms, peak, extra, new, note)
+    return row, fallback
+
+
+def bench(model, inputs, workload: Workload, methods, device, log: RowLog, greedy_steps: int = 0) -> dict:
+    """Every method (and the greedy check before the compiling ones), one row each as it is measured."""
+    rows: list[Row] = []
+    report: dict = {}
+    plan = [m for m in methods if m not in COMPILING]
+    if greedy_steps:
+        plan.append("greedy-check")
+    plan += [m for m in methods if m in COMPILING]
+    for method in tqdm(plan, desc="methods", unit="method"):
+        try:
+            if method == "greedy-check":
+                check = greedy_check(model, inputs, greedy_steps, device)
+                report["greedy_check"] = check
+                emit_greedy(log, check)
+                continue
+            row, fallback = measure_method(model, inputs, workload, method, device)
+        except Exception as error:  # noqa: BLE001  (a failing method must not hide the other rows)
+            log.emit(method, "failed", note=f"{type(error).__name__}: {error}"[:400])
+            continue
+        finally:
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        figures = {k: v for k, v in asdict(row).items() if k not in ("method", "note")}
+        if fallback:
+            log.emit(method, "fallback", note=f"{fallback}; {row.note}")
+        else:
+            rows.append(row)
+            log.emit(method, "ok", figures, row.note)
+    by_method = {r.method: r for r in rows}
+    if "generate-dynamic" in by_method and "engine" in by_method:
+        speedup = by_method["generate-dynamic"].ms_per_step / by_method["engine"].ms_per_step
+        log.emit("ratio: generate-dynamic / engine", "ok", {"speedup": speedup},
+                 note=f"ms/step of generate (dynamic cache) over the engine's: {speedup:.2f}x")  # fmt: skip
+    elif "generate-dynamic" in methods and "engine" in methods:
+        log.emit("ratio: generate-dynamic / engine", "skipped", note="needs ok rows of both")
+    report["rows"] = rows
+    return report
+
+
+def emit_greedy(log: RowLog, check: dict) -> None:
+    worst = max([abs(d["logit_gap"]) for d in check["divergences"]], default=0.0)
+    figures = {"identical_rows": check["identical_rows"], "rows": check["rows"], "steps": check["steps"],
+               "max_abs_logit_gap": worst}  # fmt: skip
+    note = "; ".join(f"row {d['row']} step {d['step']}: logit gap {d['logit_gap']:.3g} (top-2 gap {d['top2_gap']:.3g})"
+                     for d in check["divergences"])[:400]  # fmt: skip
+    if worst > GREEDY_TIE_LOGITS:
+        log.emit(
+            "greedy check",
+            "failed",
+            note=f"a divergence beyond a near-tie ({GREEDY_TIE_LOGITS} logits): {note}",
+        )
+    else:
+        log.emit("greedy check", "ok", figures, note or "identical greedy tokens")
 
 
 def greedy_check(model, inputs, steps: int, device) -> dict:
@@ -282,27 +358,31 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--smoke", action="store_true", help="tiny config, 4 x (40 + 12) tokens, fp32")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--methods", default=None,
-                        help=f"comma-separated subset of {METHODS + FULL_ONLY} (default: all; {FULL_ONLY} not with --smoke)")  # fmt: skip
-    parser.add_argument("--rows", type=int, default=None)
+                        help=f"comma-separated subset of {METHODS + FULL_ONLY}, run in this order (default: all; {FULL_ONLY} not with --smoke)")  # fmt: skip
+    parser.add_argument(
+        "--sequences", type=int, default=None, help="sequences per call (default 32; --smoke 4)"
+    )
     parser.add_argument("--new-tokens", type=int, default=None)
     parser.add_argument("--greedy-check", type=int, default=0, metavar="STEPS",
                         help="also compare STEPS greedy tokens of the engine and generate")  # fmt: skip
-    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--rows", type=Path, default=None, help="append each row here as JSON lines (benches/gpu/rowlog.py)")  # fmt: skip
+    parser.add_argument("--json", type=Path, default=None, help="write the report here at the end")
     args = parser.parse_args(argv)
     default = METHODS if args.smoke else METHODS + FULL_ONLY
     methods = [m.strip() for m in (args.methods or ",".join(default)).split(",") if m.strip()]
     unknown = sorted(set(methods) - set(METHODS + FULL_ONLY))
     if unknown:
         parser.error(f"unknown methods {unknown}; choose from {METHODS + FULL_ONLY}")
-    workload = SMOKE if args.smoke else H100
-    if args.rows or args.new_tokens:
-        workload = Workload(**{**asdict(workload), "rows": args.rows or workload.rows,
+    workload = SMOKE if args.smoke else FULL
+    if args.sequences or args.new_tokens:
+        workload = Workload(**{**asdict(workload), "rows": args.sequences or workload.rows,
                                "new_tokens": args.new_tokens or workload.new_tokens})  # fmt: skip
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if not args.smoke and device.type != "cuda":
         print("the full workload needs a GPU; use --smoke on CPU", file=sys.stderr)
         raise SystemExit(2)
     dtype = getattr(torch, workload.dtype)
+    log = RowLog(args.rows, "rollout", device_name(device))
 
     from transformers import Qwen2_5_VLForConditionalGeneration
 
@@ -311,16 +391,18 @@ def main(argv: list[str] | None = None) -> dict:
     with torch.device(device):
         model = Qwen2_5_VLForConditionalGeneration(config).to(dtype).eval()
     inputs = synthetic_prompts(config, workload, device, dtype)
-    rows = bench(model, inputs, workload, methods, device)
+    measured_report = bench(model, inputs, workload, methods, device, log, args.greedy_check)
+    rows = sorted(measured_report["rows"], key=lambda r: methods.index(r.method))
     report = {
         "device": device_name(device),
         "torch": torch.__version__,
         "transformers": __import__("transformers").__version__,
         "workload": asdict(workload),
         "rows": [asdict(r) for r in rows],
+        "failed": [{"method": r["name"], "status": r["status"], "note": r["note"]} for r in log.failures()],
     }
-    if args.greedy_check:
-        report["greedy_check"] = greedy_check(model, inputs, args.greedy_check, device)
+    if "greedy_check" in measured_report:
+        report["greedy_check"] = measured_report["greedy_check"]
     print(f"\n{report['device']}, torch {report['torch']}, transformers {report['transformers']}")
     print(f"workload: {workload.rows} x ({workload.prompt_length} prompt + {workload.new_tokens} new), "
           f"{workload.dtype}, Qwen2.5-VL {workload.size} (random init)")  # fmt: skip
@@ -333,6 +415,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(
             f"{r.method:<18}{r.total_s:>9.2f}{r.tokens_per_s:>10.0f}{r.ms_per_step:>9.2f}{decode:>16}{peak:>9}{extra:>7}  {r.note}"
         )
+    for failure in report["failed"]:
+        print(f"{failure['method']:<18}{failure['status'].upper():>9}  {failure['note'][:200]}")
     if "greedy_check" in report:
         check = report["greedy_check"]
         print(
@@ -343,6 +427,8 @@ def main(argv: list[str] | None = None) -> dict:
                   f"logit gap {d['logit_gap']:.4g} (top-2 gap {d['top2_gap']:.4g})")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
+    if log.failures():
+        raise SystemExit(1)
     return report
 
 

@@ -1,7 +1,9 @@
-"""Benchmark of training at scale (issue 9): aesr1's SFT and RAPO steps vs trl's `GRPOTrainer`.
+"""Benchmark of training at scale: aesr1's SFT and RAPO steps vs trl's `GRPOTrainer`.
 
-    python benches/bench_scale.py                       # the H100 workload below (CUDA), every method
-    python benches/bench_scale.py --json scale.json     # also write the rows (after each method)
+    python benches/bench_scale.py                       # the 3B workload below (CUDA), every method
+    python benches/bench_scale.py --quick               # the same, 1 warm-up + 1 timed step, no trl-grpo-dynamic
+    python benches/bench_scale.py --json scale.json     # also write the report (after each method)
+    python benches/bench_scale.py --rows rows.jsonl     # append each step's and method's row as measured
     python benches/bench_scale.py --smoke               # tiny model, CPU, fp32, no DeepSpeed: CI runs it
     python benches/bench_scale.py --deepspeed zero3_offload --beta 0.01   # if ZeRO-3 runs out of memory
     python benches/bench_scale.py --layers 18           # a shallower text decoder (same widths)
@@ -18,9 +20,10 @@ synthetic 224 x 224 images (64 visual tokens each) x K = 4 completions = 32 sequ
 batches of 8; completions of at most 256 tokens; RAPO with beta = 0.01, so a frozen reference model
 sits beside the policy on both sides. Estimated ZeRO-3 footprint: bf16 weights 7.5 GB, fp32 master +
 Adam of the 3.1B trainable parameters 37 GB, bf16 gradients 6 GB, reference 7.5 GB, the full weights
-gathered again for generation 7.5 GB: ~66 GB before activations, inside an 80 GB H100. If it does
-not fit, `--deepspeed zero3_offload` (optimizer states and weights in CPU memory), `--beta 0` (no
-reference, on both sides) or `--layers N` shrink it; every setting applies to both stacks alike.
+gathered again for generation 7.5 GB: ~66 GB before activations, inside an 80 GB H100 (an H200
+has 141 GB). If it does not fit, `--deepspeed zero3_offload` (optimizer states and weights in CPU
+memory), `--beta 0` (no reference, on both sides) or `--layers N` shrink it; every setting applies
+to both stacks alike.
 
 The tokenizer is the tiny byte-level BPE of `aesr1.modeling.tiny` (no download), padded only in
 the model: the 151,936-row embedding/lm_head of the 3B config is kept, and special-token ids are
@@ -69,6 +72,19 @@ A method that fails (e.g. out of memory) is recorded with its error and the othe
 process then exits with status 1. Ratios: RAPO step speed-up = trl step s / ours (goal >= 1.3) and
 peak-memory ratio = ours / trl (goal <= 0.8), both against the faster trl row.
 
+Backends of aesr1-rapo: every rollout is checked to have run on the decode engine (with CUDA graphs
+on a GPU, as configured) and the loss on the Triton kernels on a GPU. When `engine="auto"` fell back
+to transformers `generate` (the engine's blockers), graphs were off, or the loss resolved to its
+torch backend on a GPU, the row's status is "fallback" and it carries no figures: those would be
+`generate`'s, not ours. On CPU `engine="auto"` would pick `generate` because of the device alone, so
+the smoke run asks for the engine explicitly (it runs eagerly there): the same code path as a GPU's.
+A missing trl/datasets/deepspeed is "skipped" on CPU and a failure on a GPU.
+
+Rows (benches/gpu/rowlog.py, --rows): bench "scale"; "<method> step <i>" for every optimiser step as
+it ends (figures step_s, rollout_s, train_s; note warm-up or timed), "<method>" for each method
+(figures step_s, rollout_s, train_s, rollout_tokens_per_s, train_tokens_per_s, peak_gb, ...), and
+"ratio: RAPO step speed-up" / "ratio: peak memory" against the faster trl row.
+
 On CPU DeepSpeed works too (`DS_ACCELERATOR=cpu`, with `.venv/bin` on PATH for its ninja build), e.g.
 `--smoke --deepspeed zero3`; slow to start, so the smoke test leaves it out.
 """
@@ -99,13 +115,19 @@ import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benches/ is not a package
+sys.path.insert(0, str(Path(__file__).resolve().parent / "gpu"))
 import bench_rollout  # noqa: E402  (the 3B sizes)
+from rowlog import RowLog  # noqa: E402
 
 AESR1_METHODS = ("aesr1-rapo", "aesr1-sft")
 TRL_METHODS = ("trl-grpo-static", "trl-grpo-dynamic")
 #: run order: the headline pair first, so a run cut short still has it
 METHODS = ("aesr1-rapo", "trl-grpo-static", "aesr1-sft", "trl-grpo-dynamic")
 SMOKE_METHODS = ("aesr1-sft", "aesr1-rapo", "trl-grpo-static")
+#: --quick (the one-shot GPU run): the headline pair, then SFT; 1 warm-up + 1 timed step
+QUICK_METHODS = ("aesr1-rapo", "trl-grpo-static", "aesr1-sft")
+#: packages a method needs beside aesr1: missing ones are "skipped" on CPU, failures on a GPU
+PEERS = ("trl", "datasets", "deepspeed", "liger_kernel")
 GOAL_SPEEDUP, GOAL_MEMORY = 1.3, 0.8
 
 
@@ -182,7 +204,7 @@ class Workload:
             raise ValueError(f"dtype must be bfloat16, float16 or float32, got {self.dtype!r}")
 
 
-H100 = Workload()
+FULL = Workload()
 SMOKE = Workload(size="tiny", images_per_step=2, num_generations=4, max_completion_length=12, micro_batch_size=4,
                  image_side=56, dtype="float32", deepspeed=None, beta=0.01, freeze_vision=False,
                  gradient_checkpointing=False, warmup_steps=1, timed_steps=1)  # fmt: skip
@@ -200,7 +222,7 @@ class StepRecord:
 @dataclass
 class Row:
     method: str
-    status: str  # "ok" or "error"
+    status: str  # "ok", "error", "fallback" (see the module docstring) or "skipped"
     steps: int = 0
     step_s: float | None = None
     rollout_s: float | None = None
@@ -331,6 +353,12 @@ class Setup:
         from aesr1.train.rapo import NEVER_SAMPLE
 
         self.suppressed_ids = sorted({self.tokenizer.convert_tokens_to_ids(t) for t in NEVER_SAMPLE})
+        #: called with (method, step index, StepRecord, fallback reason or None) as each step ends
+        self.step_hook = None
+
+    def report_step(self, method: str, index: int, record: StepRecord, problem: str | None = None) -> None:
+        if self.step_hook is not None:
+            self.step_hook(method, index, record, problem)
 
     def _model_config(self):
         from transformers import Qwen2_5_VLConfig
@@ -434,8 +462,9 @@ class Setup:
 # Step timing inside transformers' Trainer (trl GRPO and our SFT)
 
 
-def step_timer(device: torch.device):
-    """A `TrainerCallback` keeping the wall clock at each `on_step_end` and the peak at `on_train_end`."""
+def step_timer(device: torch.device, on_step=None):
+    """A `TrainerCallback` keeping the wall clock at each `on_step_end` and the peak at `on_train_end`;
+    `on_step(index, seconds)` is called as each step ends."""
     from transformers import TrainerCallback
 
     class StepTimer(TrainerCallback):
@@ -450,6 +479,8 @@ def step_timer(device: torch.device):
         def on_step_end(self, args, state, control, **kwargs):
             synchronize(device)
             self.ends.append(time.perf_counter())
+            if on_step is not None:
+                on_step(len(self.ends) - 2, self.ends[-1] - self.ends[-2])
 
         def on_train_end(self, args, state, control, **kwargs):
             self.peak_gb = peak_gb(device)
@@ -493,10 +524,83 @@ def sft_trainer_callbacks(callback):
 
 
 # ---------------------------------------------------------------------------------------------------
+# Which backends our trainer really ran on
+
+
+@contextmanager
+def rollout_recorder(device: torch.device):
+    """Records, for every rollout of our trainer, the implementation `aesr1.rollout` resolved
+    ("engine" or "generate", with the engine's blockers) and whether the engine replayed CUDA graphs.
+    On CPU, "auto" is asked as "engine": auto picks `generate` there because of the device alone,
+    and the engine runs eagerly on CPU (the code path a GPU takes, minus the graphs)."""
+    from aesr1.rollout import api
+    from aesr1.rollout import engine as engine_module
+
+    calls: list[dict[str, Any]] = []
+    resolve_engine = api.resolve_engine
+    decode = engine_module.DecodeEngine.decode
+
+    def resolve(engine, model):
+        if engine == "auto" and device.type != "cuda":
+            engine = "engine"
+        choice = resolve_engine(engine, model)
+        calls.append(
+            {"backend": choice, "blockers": [] if choice == "engine" else api.engine_blockers(model)}
+        )
+        return choice
+
+    def recorded_decode(self, *args, **kwargs):
+        result = decode(self, *args, **kwargs)
+        if calls:
+            calls[-1]["cuda_graphs"] = bool(result.stats.get("cuda_graphs"))
+        return result
+
+    with (
+        patched(api, "resolve_engine", resolve),
+        patched(engine_module.DecodeEngine, "decode", recorded_decode),
+    ):
+        yield calls
+
+
+def rollout_verdict(calls: list[dict[str, Any]], device_type: str, graphs_configured: bool) -> str | None:
+    """None when every recorded rollout ran on the engine (with CUDA graphs on a GPU when configured),
+    else why the rollouts are a fallback."""
+    if not calls:
+        return "no rollout went through aesr1.rollout (the trainer's rollout function changed?)"
+    fell_back = [c for c in calls if c["backend"] != "engine"]
+    if fell_back:
+        blockers = (
+            "; ".join(sorted({b for c in fell_back for b in c.get("blockers", [])})) or "no blockers named"
+        )
+        return f"{len(fell_back)}/{len(calls)} rollouts ran on transformers generate ({blockers})"
+    if device_type == "cuda" and graphs_configured and not all(c.get("cuda_graphs") for c in calls):
+        return "the engine decoded without CUDA graphs on a GPU (configured with them)"
+    return None
+
+
+def loss_backend_problem(backend: str, device: torch.device) -> str | None:
+    """Why our trainer's loss would not run on compiled Triton kernels on a GPU (None: it does, or CPU)."""
+    if device.type != "cuda":
+        return None
+    from aesr1.loss import _resolve_backend
+    from aesr1.triton_kernels import rapo_loss as kernels
+    from aesr1.triton_kernels._launch import kernels_interpreted
+
+    resolved = _resolve_backend(backend, device)
+    if resolved != "triton":
+        return f"rapo.loss_backend={backend!r} resolved to {resolved!r} on a GPU"
+    kernel = getattr(kernels, "_RAPO_TOKEN_KERNEL", None)
+    if kernel is not None and kernels_interpreted(kernel):
+        return "the loss kernels run in Triton's interpreter (TRITON_INTERPRET is set)"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------
 # Methods
 
 
-def run_aesr1_rapo(setup: Setup, out: Path, progress: bool) -> tuple[list[StepRecord], str]:
+def run_aesr1_rapo(setup: Setup, out: Path, progress: bool) -> tuple[list[StepRecord], str, str | None]:
+    """Timed records, a note, and why the run is a fallback (None: engine rollouts, Triton loss)."""
     from aesr1.train.distributed import make_rapo_accelerator
     from aesr1.train.rapo import RAPOTrainer
 
@@ -508,32 +612,44 @@ def run_aesr1_rapo(setup: Setup, out: Path, progress: bool) -> tuple[list[StepRe
     trainer = RAPOTrainer(config, model, setup.processor, setup.items, ref_model=reference, output_dir=out,
                           accelerator=accelerator)  # fmt: skip
     del model, reference
+    graphs = config.rapo.rollout_cuda_graphs
     note = (f"rollout_backend={config.rapo.rollout_backend}, fused_linear={trainer.fused_linear}, "
             f"distributed={accelerator.distributed_type.value}, "
             f"{trainable_note(accelerator.unwrap_model(trainer.model))}")  # fmt: skip
+    loss_problem = loss_backend_problem(config.rapo.loss_backend, device)
     records = []
-    try:
-        for round_index in tqdm(range(wl.total_steps), desc="aesr1-rapo", unit="step", disable=not progress):
-            synchronize(device)
-            started = time.perf_counter()
-            data = trainer.generate_round(round_index)
-            synchronize(device)
-            generated = time.perf_counter()
-            rows = data.batch["completion_ids"].shape[0]
-            for mini in trainer._mini_batches(rows, round_index):
-                trainer.optimiser_step(data, mini)
-            synchronize(device)
-            finished = time.perf_counter()
-            batch = data.batch
-            prompt_length = int(batch["prompt_length"])
-            completion = int(batch["completion_mask"].sum())
-            prompt = int(batch["attention_mask"][:, :prompt_length].sum())
-            records.append(StepRecord(finished - started, generated - started, finished - generated,
-                                      completion, prompt + completion))  # fmt: skip
-            del data, batch
-    finally:
-        trainer.close()
-    return records[wl.warmup_steps :], note
+    with rollout_recorder(device) as calls:
+        try:
+            for index in tqdm(range(wl.total_steps), desc="aesr1-rapo", unit="step", disable=not progress):
+                synchronize(device)
+                started = time.perf_counter()
+                before = len(calls)
+                data = trainer.generate_round(index)
+                synchronize(device)
+                generated = time.perf_counter()
+                rows = data.batch["completion_ids"].shape[0]
+                for mini in trainer._mini_batches(rows, index):
+                    trainer.optimiser_step(data, mini)
+                synchronize(device)
+                finished = time.perf_counter()
+                batch = data.batch
+                prompt_length = int(batch["prompt_length"])
+                completion = int(batch["completion_mask"].sum())
+                prompt = int(batch["attention_mask"][:, :prompt_length].sum())
+                record = StepRecord(finished - started, generated - started, finished - generated, completion,
+                                    prompt + completion)  # fmt: skip
+                records.append(record)
+                problem = rollout_verdict(calls[before:], device.type, graphs) or loss_problem
+                setup.report_step("aesr1-rapo", index, record, problem)
+                del data, batch
+        finally:
+            trainer.close()
+    problem = rollout_verdict(calls, device.type, graphs) or loss_problem
+    backends = sorted({c["backend"] for c in calls})
+    note += f", rollouts: {'/'.join(backends) or 'none'}"
+    if "engine" in backends:
+        note += " with CUDA graphs" if all(c.get("cuda_graphs") for c in calls) else " (eager)"
+    return records[wl.warmup_steps :], note, problem
 
 
 def run_aesr1_sft(setup: Setup, out: Path, progress: bool) -> tuple[list[StepRecord], str, float | None]:
@@ -544,7 +660,8 @@ def run_aesr1_sft(setup: Setup, out: Path, progress: bool) -> tuple[list[StepRec
     config.progress = progress
     tokens_per_step = setup.sft_tokens_per_step()
     model = setup.new_model()
-    timer = step_timer(setup.device)
+    timer = step_timer(setup.device, lambda index, seconds: setup.report_step(
+        "aesr1-sft", index, StepRecord(seconds, None, seconds, None, round(tokens_per_step))))  # fmt: skip
     with sft_trainer_callbacks(timer) as extra:
         trainer = run_sft(config, model, setup.processor, setup.sft_rows, out, **extra)
     trainable = trainable_note(trainer.model)
@@ -600,14 +717,21 @@ def run_trl_grpo(
         report_to=[], logging_steps=1, save_strategy="no", disable_tqdm=not progress,
         dataloader_num_workers=0, log_completions=False,
     )  # fmt: skip
-    timer = step_timer(device)
+    generations: list[tuple[float, int, int]] = []
+
+    def on_step(index: int, seconds: float) -> None:
+        gen, completion, tokens = generations[index] if index < len(generations) else (None, None, None)
+        train = None if gen is None else seconds - gen
+        setup.report_step(method, index, StepRecord(seconds, gen, train, completion, tokens))
+
+    method = "trl-grpo-static" if cache == "static" else "trl-grpo-dynamic"
+    timer = step_timer(device, on_step)
     # trl builds its reference by loading the policy's checkpoint path; a random model has none, so it
     # gets the identical in-memory model (what loading that checkpoint would give).
     with patched(grpo_module, "create_model_from_path", lambda *_a, _ref=reference, **_k: _ref):
         trainer = GRPOTrainer(model=model, reward_funcs=RapoReward(), args=args, train_dataset=dataset,
                               processing_class=setup.processor, callbacks=[timer])  # fmt: skip
     del model, reference
-    generations: list[tuple[float, int, int]] = []
     original = trainer._generate_and_score_completions
 
     def timed_generation(batch):
@@ -659,9 +783,10 @@ def run_method(method: str, setup: Setup, progress: bool, trl_liger: str) -> Row
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     out = setup.root / method
+    problem = None
     try:
         if method == "aesr1-rapo":
-            records, note = run_aesr1_rapo(setup, out, progress)
+            records, note, problem = run_aesr1_rapo(setup, out, progress)
             peak = peak_gb(device)
         elif method == "aesr1-sft":
             records, note, peak = run_aesr1_sft(setup, out, progress)
@@ -672,6 +797,15 @@ def run_method(method: str, setup: Setup, progress: bool, trl_liger: str) -> Row
         else:
             raise ValueError(f"unknown method {method!r}")
         row = summarise(method, records, peak_gb=peak, leftover_gb=leftover, note=note)
+        if problem:  # measured, but not what the row's name says: no figures
+            row = Row(method=method, status="fallback", note=note, error=problem)
+    except ModuleNotFoundError as error:
+        peer = (error.name or "").split(".")[0]
+        if peer not in PEERS:
+            raise
+        traceback.print_exc()
+        status = "error" if device.type == "cuda" else "skipped"
+        row = Row(method=method, status=status, error=f"{peer} not installed")
     except Exception as error:  # noqa: BLE001  (one failing method must not lose the others' figures)
         traceback.print_exc()
         kind = "out of memory" if isinstance(error, torch.cuda.OutOfMemoryError) else type(error).__name__
@@ -719,7 +853,8 @@ def format_report(report: dict[str, Any]) -> str:
     ]  # fmt: skip
     for row in report["rows"]:
         if row["status"] != "ok":
-            lines.append(f"{row['method']:<18}{'FAILED':>9}  {row['error'][:300]}")
+            shown = "FAILED" if row["status"] == "error" else row["status"].upper()
+            lines.append(f"{row['method']:<18}{shown:>9}  {(row['error'] or '')[:300]}")
             continue
         lines.append(
             f"{row['method']:<18}{number(row['step_s'], '.3f'):>9}{number(row['rollout_s'], '.3f'):>11}"
@@ -766,6 +901,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Workload, li
     parser.add_argument(
         "--smoke", action="store_true", help="tiny model on CPU, fp32, no DeepSpeed, 1 + 1 steps"
     )
+    parser.add_argument("--quick", action="store_true",
+                        help=f"1 warm-up + 1 timed step, methods {','.join(QUICK_METHODS)} (the one-shot GPU run)")  # fmt: skip
     parser.add_argument("--methods", default=None,
                         help=f"comma-separated subset of {METHODS} (default: all; --smoke: {SMOKE_METHODS})")  # fmt: skip
     parser.add_argument("--deepspeed", default=None,
@@ -788,12 +925,16 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Workload, li
                         help="trl's Liger layer kernels (auto: on when liger_kernel is installed, on CUDA)")  # fmt: skip
     parser.add_argument("--device", default=None, help="default: cuda (required) / cpu with --smoke")
     parser.add_argument("--json", type=Path, default=None, help="write the report here (after every method)")
+    parser.add_argument("--rows", type=Path, default=None,
+                        help="append each step's and method's row here as JSON lines (benches/gpu/rowlog.py)")  # fmt: skip
     parser.add_argument("--resume", action="store_true",
                         help="keep the ok rows of an existing --json report of the same workload; run the rest")  # fmt: skip
     parser.add_argument("--workdir", type=Path, default=None, help="images and outputs (default: a temp dir)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    workload = SMOKE if args.smoke else H100
+    workload = SMOKE if args.smoke else FULL
+    if args.quick:
+        workload = replace(workload, warmup_steps=1, timed_steps=1)
     overrides = {
         "beta": args.beta, "layers": args.layers, "images_per_step": args.images,
         "num_generations": args.num_generations, "max_completion_length": args.max_completion,
@@ -811,7 +952,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Workload, li
             resolve_deepspeed_config(workload.deepspeed)
     except (ValueError, FileNotFoundError) as error:
         parser.error(str(error))
-    default = SMOKE_METHODS if args.smoke else METHODS
+    default = QUICK_METHODS if args.quick else SMOKE_METHODS if args.smoke else METHODS
     methods = [m.strip() for m in (args.methods or ",".join(default)).split(",") if m.strip()]
     unknown = sorted(set(methods) - set(METHODS))
     if unknown or not methods:
@@ -836,6 +977,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     report: dict[str, Any] = {"device": device_name(device), "versions": versions(), "workload": asdict(workload),
                               "rows": []}  # fmt: skip
+    log = RowLog(args.rows, "scale", report["device"])
     if args.resume and args.json is not None and args.json.exists():
         previous = json.loads(args.json.read_text())
         if previous.get("workload") == report["workload"]:
@@ -855,19 +997,87 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench_scale_") as scratch:
         root = args.workdir or Path(scratch)
         setup = Setup(workload, device, root)
+        setup.step_hook = lambda method, index, record, problem: emit_step(log, workload, method, index, record,
+                                                                           problem)  # fmt: skip
+        peer_rows(log, device, methods, args.trl_liger)
         for method in [m for m in methods if m not in done]:
             print(f"[bench_scale] {method} ...", flush=True)
             row = run_method(method, setup, not args.no_progress, args.trl_liger)
             report["rows"].append(asdict(row))
             save()
-            shown = f"{row.step_s:.3f} s/step" if row.status == "ok" else f"FAILED ({row.error[:200]})"
+            emit_method(log, row)
+            shown = (
+                f"{row.step_s:.3f} s/step"
+                if row.status == "ok"
+                else f"{row.status.upper()} ({row.error[:200]})"
+            )
             print(f"[bench_scale] {method}: {shown}", flush=True)
     report["rows"].sort(key=lambda r: METHODS.index(r["method"]))
     save()
+    emit_ratios(log, report["ratios"], methods)
     print(format_report(report))
-    if any(r["status"] != "ok" for r in report["rows"]):
+    if any(r["status"] in ("error", "fallback") for r in report["rows"]):
         raise SystemExit(1)
     return report
+
+
+# ---------------------------------------------------------------------------------------------------
+# Rows (benches/gpu/rowlog.py)
+
+ROW_STATUS = {"ok": "ok", "error": "failed", "fallback": "fallback", "skipped": "skipped"}
+METHOD_FIGURES = ("steps", "step_s", "rollout_s", "train_s", "rollout_tokens_per_s", "train_tokens_per_s",
+                  "completion_tokens_per_step", "train_tokens_per_step", "peak_gb", "leftover_gb")  # fmt: skip
+
+
+def emit_step(log: RowLog, workload: Workload, method: str, index: int, record: StepRecord, problem) -> None:
+    kind = "warm-up" if index < workload.warmup_steps else "timed"
+    name = f"{method} step {index}"
+    if problem:
+        log.emit(name, "fallback", note=f"{kind}; {problem}")
+        return
+    log.emit(name, "ok", {"step_s": record.seconds, "rollout_s": record.rollout_s, "train_s": record.train_s,
+                          "completion_tokens": record.completion_tokens, "train_tokens": record.train_tokens},
+             note=kind)  # fmt: skip
+
+
+def emit_method(log: RowLog, row: Row) -> None:
+    status = ROW_STATUS.get(row.status, "failed")
+    figures = {name: getattr(row, name) for name in METHOD_FIGURES}
+    note = row.note if status == "ok" else f"{row.error or ''}; {row.note}".strip("; ")
+    log.emit(row.method, status, figures, note[:600])
+
+
+def emit_ratios(log: RowLog, summary: dict[str, Any], methods: list[str]) -> None:
+    if not (set(methods) & set(AESR1_METHODS) and set(methods) & set(TRL_METHODS)):
+        return
+    if not summary:
+        log.emit(
+            "ratio: RAPO step speed-up", "skipped", note="needs ok rows of aesr1-rapo and a trl-grpo method"
+        )
+        return
+    speed = summary["speedup"]
+    log.emit("ratio: RAPO step speed-up", "ok", {"speedup": speed, "goal_min": GOAL_SPEEDUP},
+             note=f"{summary['trl_baseline']} step s / aesr1-rapo's; goal >= {GOAL_SPEEDUP}: "
+                  f"{'met' if speed >= GOAL_SPEEDUP else 'NOT met'}")  # fmt: skip
+    if "memory_ratio" in summary:
+        memory = summary["memory_ratio"]
+        log.emit("ratio: peak memory", "ok", {"ratio": memory, "goal_max": GOAL_MEMORY},
+                 note=f"aesr1-rapo peak / {summary['trl_baseline']}'s; goal <= {GOAL_MEMORY}: "
+                      f"{'met' if memory <= GOAL_MEMORY else 'NOT met'}")  # fmt: skip
+
+
+def peer_rows(log: RowLog, device: torch.device, methods: list[str], trl_liger: str) -> None:
+    """A row for Liger's layer kernels in trl's rows: missing on a GPU is a failure (trl at its best uses them)."""
+    if not set(methods) & set(TRL_METHODS) or trl_liger == "off":
+        return
+    if importlib_available("liger_kernel"):
+        return
+    if device.type == "cuda":
+        log.emit(
+            "peer: liger-kernel", "failed", note="not installed: trl's rows ran without Liger's layer kernels"
+        )
+    else:
+        log.emit("peer: liger-kernel", "skipped", note="not installed (and trl uses it on CUDA only)")
 
 
 if __name__ == "__main__":
