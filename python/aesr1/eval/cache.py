@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from aesr1.jsonio import naming
+
 logger = logging.getLogger(__name__)
 
 
@@ -83,7 +85,7 @@ class PredictionCache:
         if tail.strip():
             # The last line has no newline: the run was killed while writing it.
             logger.warning("dropping a torn last line of %s (the run was interrupted mid-write)", self.path)
-            with open(self.path, "r+b") as handle:
+            with naming(self.path), open(self.path, "r+b") as handle:
                 handle.truncate(len(raw) - len(tail))
         if not complete:
             self._write_lines([json.dumps({"meta": self.meta})], truncate=True)
@@ -112,7 +114,8 @@ class PredictionCache:
             self.records[record.key] = record
 
     def _write_lines(self, lines: Iterable[str], truncate: bool = False) -> None:
-        with open(self.path, "w" if truncate else "a", encoding="utf-8") as handle:
+        # A full disk can leave a torn last line; reopening drops it, so a rerun recomputes that batch.
+        with naming(self.path), open(self.path, "w" if truncate else "a", encoding="utf-8") as handle:
             for line in lines:
                 handle.write(line + "\n")
             handle.flush()

@@ -8,16 +8,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from aesr1.data.registry import TABLE1_DATASETS
-
-
-def _nan_to_none(value):
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _nan_to_none(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_nan_to_none(v) for v in value]
-    return value
+from aesr1.jsonio import json_safe, write_json
 
 
 def _none_to_nan(value):
@@ -111,7 +102,7 @@ class EvalResult:
         return [self.datasets[label] for label in table_order(self.datasets, names)]
 
     def to_dict(self) -> dict:
-        return _nan_to_none(
+        return json_safe(
             {
                 "model": self.model,
                 "created": self.created,
@@ -136,7 +127,8 @@ class EvalResult:
         )
 
     def save_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+        """Strict JSON (undefined metrics as null), replacing any previous file whole."""
+        write_json(path, self.to_dict())
 
     @classmethod
     def load_json(cls, path: str | Path) -> EvalResult:
