@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
+import stat
+import struct
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 #: How `load_dataset` checks images before returning them: "open" parses each file's header with PIL
 #: (catches missing, empty and non-image files cheaply), "decode" decodes every pixel (also catches
-#: truncated files; slow on large datasets), "exists" only tests that the file exists, "none" trusts
-#: the annotation.
+#: truncated files; slow on large datasets), "exists" only tests that a regular file exists, "none"
+#: trusts the annotation.
 IMAGE_CHECKS = ("open", "decode", "exists", "none")
 
 
@@ -91,11 +93,15 @@ class ImageResolver:
 
 def _check_one(path: str, mode: str) -> str | None:
     """None if the image passes the check, else the reason it fails."""
-    if not os.path.isfile(path):
+    try:
+        kind = os.stat(path).st_mode
+    except OSError:
         return "missing"
+    if not stat.S_ISREG(kind):  # a FIFO would block the reader forever
+        return "unreadable: not a regular file"
     if mode == "exists":
         return None
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
         with Image.open(path) as image:
@@ -103,7 +109,9 @@ def _check_one(path: str, mode: str) -> str | None:
                 image.load()
             elif image.size[0] <= 0 or image.size[1] <= 0:
                 return "unreadable: empty image"
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+    except Image.DecompressionBombError as error:
+        return f"unreadable: too large to decode safely: {error}"
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error) as error:
         return f"unreadable: {type(error).__name__}: {error}"
     return None
 
