@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from aesr1.data.files import IMAGE_CHECKS
 from aesr1.data.splits import SPLITS
+from aesr1.eval.predictor import check_generation
+from aesr1.modeling.loading import check_dtype
 from aesr1.prompts import SCORING_PROMPT
 
 
@@ -59,20 +60,19 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
-        for name in ("num_samples", "max_new_tokens", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not isinstance(self.temperature, (int, float)) or not math.isfinite(self.temperature):
-            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature!r}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature!r}")
-        if self.temperature == 0 and self.num_samples > 1:
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        check_generation(
+            temperature=self.temperature,
+            top_p=self.top_p,
+            max_new_tokens=self.max_new_tokens,
+            num_samples=self.num_samples,
+        )
+        check_dtype(self.dtype)
+        if not isinstance(self.device, str) or not self.device:
             raise ValueError(
-                "num_samples > 1 needs sampling: set temperature > 0 (greedy decoding repeats one answer)"
+                f"device must be a device name (auto, cpu, cuda, cuda:1, ...), got {self.device!r}"
             )
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must lie in (0, 1], got {self.top_p!r}")
         if self.limit is not None and (
             isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1
         ):

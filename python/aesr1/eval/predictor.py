@@ -4,6 +4,7 @@ callable injected in Python (scripted completions in tests, a remote server, ano
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -14,11 +15,46 @@ from aesr1.prompts import SCORING_PROMPT
 Predictor = Callable[[Sequence[Any], int], list[list[str]]]
 
 
+def check_generation(*, temperature: float, top_p: float, max_new_tokens: int, num_samples: int = 1) -> None:
+    """Raise ValueError naming the first generation setting out of range (before any model loads)."""
+    for name, value in (("num_samples", num_samples), ("max_new_tokens", max_new_tokens)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    # NaN passes every comparison below, and would silently decode greedily.
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+    if not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+    if temperature == 0 and num_samples > 1:
+        raise ValueError(
+            "num_samples > 1 needs sampling: set temperature > 0 (greedy decoding repeats one answer)"
+        )
+    if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
+        raise ValueError(f"top_p must lie in (0, 1], got {top_p!r}")
+
+
 def resolve_device(device: str) -> str:
+    """ "auto" -> "cuda" when available, else "cpu"; any other name is checked against this machine,
+    so a wrong one fails before a model is loaded. Raises ValueError."""
     import torch
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(
+            f"device {device!r} is not a device name (auto, cpu, cuda, cuda:1, ...): {error}"
+        ) from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: CUDA is not available on this machine; use auto or cpu")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r}: MPS is not available on this machine; use auto or cpu")
     return device
 
 
@@ -41,6 +77,7 @@ class ModelPredictor:
         seed: int = 0,
         prompt: str = SCORING_PROMPT,
     ):
+        check_generation(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
         self.model, self.processor = model, processor
         self.temperature, self.top_p = temperature, top_p
         self.max_new_tokens, self.seed, self.prompt = max_new_tokens, seed, prompt
@@ -48,12 +85,18 @@ class ModelPredictor:
 
     @classmethod
     def from_pretrained(cls, path: str, *, device: str = "auto", dtype: str | None = None, **kwargs):
-        from aesr1.modeling.loading import load_model
+        """Load a local model directory; the settings, dtype and device are checked first, so a
+        wrong one fails in seconds instead of after the weights have loaded."""
+        from aesr1.modeling.loading import check_dtype, load_model
 
+        predictor = cls(None, None, **kwargs)
+        check_dtype(dtype)
+        device = resolve_device(device)
         model, processor = load_model(path, dtype=dtype)
-        model.to(resolve_device(device))
+        model.to(device)
         model.eval()
-        return cls(model, processor, **kwargs)
+        predictor.model, predictor.processor = model, processor
+        return predictor
 
     def batch_seed(self) -> int:
         digest = hashlib.sha256(f"{self.seed}/{self.key}".encode()).digest()

@@ -5,6 +5,15 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+#: Weight dtypes `load_model` takes by name ("auto": the checkpoint's own).
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+def check_dtype(dtype) -> None:
+    """Raise ValueError for a dtype name `load_model` does not know (None and torch dtypes pass)."""
+    if isinstance(dtype, str) and dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+
 
 def resolve_attn_implementation(name: str | None) -> str | None:
     """ "auto" -> "flash_attention_2" on CUDA when `flash_attn` is installed, else "sdpa"; any other
@@ -21,12 +30,13 @@ def resolve_attn_implementation(name: str | None) -> str | None:
 def load_model(path: str | Path, *, dtype: str | None = None, attn_implementation: str | None = None):
     """Load `(model, processor)` from a local Qwen2.5-VL-style directory.
 
-    Raises `FileNotFoundError` for a missing path and `ValueError` for a model that is not a
-    vision-language model (no vision config), before loading any weights.
+    Raises `FileNotFoundError` for a missing path and `ValueError` for an unknown dtype or a model
+    that is not a vision-language model (no vision config), before loading any weights.
     """
     import torch
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
+    check_dtype(dtype)
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"model directory {str(path)!r} has no config.json (give a local checkpoint)")
