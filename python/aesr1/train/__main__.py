@@ -16,6 +16,8 @@ import time
 
 import torch
 
+from aesr1.jsonio import check_writable, os_error_message
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m aesr1.train", description=__doc__.split("\n\n")[0])
@@ -92,12 +94,22 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        print(f"error: {os_error_message(error)}", file=sys.stderr)
+        return 1
     from aesr1.train.pipeline import run_pipeline
 
     started = time.time()
     if embedded:
         print("[aesr1.train] embedded CPU default: synthetic data, tiny Qwen2.5-VL, AesCoT templates")
-    result = run_pipeline(config, resume=args.resume, stages=stages)
+    try:
+        check_writable(config.output_dir)  # before data and models, not at the first checkpoint
+        result = run_pipeline(config, resume=args.resume, stages=stages)
+    except OSError as error:
+        # Checkpoints and results written so far stay; --resume continues once the cause is fixed.
+        where = "" if error.filename is not None else f" (output folder {config.output_dir})"
+        print(f"error: {os_error_message(error)}{where}", file=sys.stderr)
+        return 1
     from accelerate.state import PartialState
 
     if PartialState(cpu=not torch.cuda.is_available()).is_main_process:

@@ -19,6 +19,7 @@ A YAML file holds any subset of the sections below; an unknown key is an error n
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -382,8 +383,13 @@ def read_config_values(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[s
     path = resolve_config_path(path)
     if path.resolve() in _seen:
         raise ValueError(f"config {str(path)!r}: `base` chain loops back to itself")
-    with open(path, encoding="utf-8") as handle:
-        values = yaml.safe_load(handle) or {}
+    try:
+        with open(path, encoding="utf-8") as handle:
+            values = yaml.safe_load(handle) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"config file {str(path)!r} is not valid YAML: {_yaml_problem(error)}") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(f"config file {str(path)!r} is not UTF-8 text: {error}") from None
     if not isinstance(values, dict):
         raise ValueError(f"config file {str(path)!r} must hold a mapping at the top level")
     parent = values.pop("base", None)
@@ -420,6 +426,15 @@ def resolve_config_path(path: str | Path) -> Path:
     raise FileNotFoundError(f"config {str(path)!r} not found (packaged configs: {shipped})")
 
 
+def _yaml_problem(error) -> str:
+    """PyYAML's complaint and where it is, on one line (its own text spans several)."""
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    mark = getattr(error, "problem_mark", None)
+    if mark is not None:
+        problem += f" (line {mark.line + 1}, column {mark.column + 1})"
+    return problem
+
+
 def set_override(values: dict[str, Any], assignment: str) -> None:
     """Apply a `section.key=value` command-line override (value parsed as YAML) to `values`."""
     import yaml
@@ -427,43 +442,138 @@ def set_override(values: dict[str, Any], assignment: str) -> None:
     if "=" not in assignment:
         raise ValueError(f"--set expects section.key=value, got {assignment!r}")
     dotted, raw = assignment.split("=", 1)
-    node = values
     parts = dotted.strip().split(".")
-    for part in parts[:-1]:
+    if not all(parts):
+        raise ValueError(f"--set {assignment!r}: the key must be section.key, got {dotted.strip()!r}")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as error:
+        raise ValueError(
+            f"--set {assignment!r}: the value is not valid YAML: {_yaml_problem(error)}"
+        ) from None
+    node = values
+    for depth, part in enumerate(parts[:-1]):
         node = node.setdefault(part, {})
-    node[parts[-1]] = yaml.safe_load(raw)
+        if not isinstance(node, dict):
+            section = ".".join(parts[: depth + 1])
+            raise ValueError(
+                f"--set {assignment!r}: {section!r} was set to a value ({node!r}) by an earlier --set, "
+                "so it has no keys"
+            )
+    node[parts[-1]] = value
+
+
+#: The allowed range of every numeric setting ("section.key"; top-level keys bare), checked first by
+#: `validate_config`. NaN and infinities never pass: NaN compares false with every bound, so without
+#: this table a NaN learning rate trains for minutes before the loss turns NaN.
+NUMERIC_RANGES: dict[str, str] = {
+    "seed": ">= 0",
+    "save_interval": ">= 1",
+    "save_total_limit": ">= 1",  # 0 would keep every checkpoint, a negative one delete the newest
+    "log_interval": ">= 1",
+    "model.tiny_seed": ">= 0",
+    "model.tiny_vocab_size": ">= 1",
+    "model.tiny_hidden_size": ">= 16",
+    "model.tiny_layers": ">= 1",
+    "model.tiny_intermediate_size": ">= 1",
+    "data.synthetic_n": ">= 2",  # a train/held-out split needs two images
+    "data.synthetic_image_size": ">= 16",
+    "data.test_fraction": "(0, 1)",
+    "data.split_seed": ">= 0",
+    "data.max_train_images": ">= 1",
+    "data.max_eval_images": ">= 2",  # correlations need two held-out images
+    "data.cold_start_per_bin": ">= 1",
+    "sft.epochs": ">= 0",
+    "sft.max_steps": ">= 1",  # transformers reads max_steps 0 as "no cap": use sft.epochs 0 to skip
+    "sft.learning_rate": ">= 0",
+    "sft.global_batch_size": ">= 1",
+    "sft.micro_batch_size": ">= 1",
+    "sft.warmup_ratio": "[0, 1]",
+    "sft.weight_decay": ">= 0",
+    "sft.max_grad_norm": "> 0",
+    "sft.max_completion_length": ">= 1",  # 0 leaves no token to learn: the loss is 0
+    "reward.rank": ">= 0",
+    "reward.abs": ">= 0",
+    "reward.binary": ">= 0",
+    "reward.format": ">= 0",
+    "reward.sigma": "> 0",
+    "reward.binary_threshold": "> 0",
+    "rapo.epochs": ">= 0",
+    "rapo.max_steps": ">= 0",
+    "rapo.num_generations": ">= 1",
+    "rapo.learning_rate": ">= 0",
+    "rapo.warmup_steps": ">= 0",
+    "rapo.mini_batch_size": ">= 1",
+    "rapo.steps_per_generation": ">= 1",
+    "rapo.micro_batch_size": ">= 1",
+    "rapo.max_completion_length": ">= 1",
+    "rapo.temperature": "> 0",
+    "rapo.top_p": "(0, 1]",
+    "rapo.top_k": ">= 0",
+    "rapo.eps_low": "[0, 1)",
+    "rapo.eps_high": ">= 0",
+    "rapo.beta": ">= 0",
+    "rapo.weight_decay": ">= 0",
+    "rapo.max_grad_norm": "> 0",  # clipping to norm 0 zeroes every update
+    "rapo.vllm_gpu_memory_utilization": "(0, 1]",
+    "eval.interval": ">= 0",
+    "eval.num_samples": ">= 1",
+    "eval.temperature": ">= 0",
+    "eval.batch_size": ">= 1",
+    "eval.max_completion_length": ">= 1",
+}
+
+
+def _in_range(value: float, allowed: str) -> bool:
+    if allowed.startswith((">", "<")):
+        operator, bound = allowed.split()
+        bound = float(bound)
+        return {">=": value >= bound, ">": value > bound, "<=": value <= bound, "<": value < bound}[operator]
+    low, high = (float(x) for x in allowed[1:-1].split(","))
+    above = value >= low if allowed[0] == "[" else value > low
+    below = value <= high if allowed[-1] == "]" else value < high
+    return above and below
+
+
+def numeric_settings(config: TrainConfig) -> dict[str, Any]:
+    """Every int/float setting of `config` by "section.key" (None where an optional one is unset)."""
+    found: dict[str, Any] = {}
+    for prefix, obj in [("", config), *((f"{name}.", getattr(config, name)) for name in _SECTIONS)]:
+        hints = typing.get_type_hints(type(obj))
+        for item in dataclasses.fields(obj):
+            kinds = {hints[item.name], *typing.get_args(hints[item.name])} - {type(None)}
+            if kinds & {int, float} and not kinds & {bool}:
+                found[prefix + item.name] = getattr(obj, item.name)
+    return found
+
+
+def _check_ranges(config: TrainConfig) -> None:
+    for key, value in numeric_settings(config).items():
+        if value is None:
+            continue
+        allowed = NUMERIC_RANGES[key]
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond float range
+            number = math.inf
+        if not math.isfinite(number):
+            raise ValueError(f"{key} must be a finite number ({allowed}), got {value!r}")
+        if not _in_range(number, allowed):
+            what = f"lie in {allowed}" if allowed[0] in "[(" else f"be {allowed}"
+            raise ValueError(f"{key} must {what}, got {value!r}")
 
 
 def validate_config(config: TrainConfig) -> None:
-    """Cheap checks that must fail before any heavy work, each naming the setting to fix."""
-    rapo, sft, reward, ev = config.rapo, config.sft, config.reward, config.eval
+    """Cheap checks that must fail before any heavy work, each naming the setting to fix: the range
+    of every number (`NUMERIC_RANGES`), then choices and the relations between settings."""
+    _check_ranges(config)
+    rapo, sft, reward = config.rapo, config.sft, config.reward
     k = rapo.num_generations
-    if k < 1:
-        raise ValueError(f"rapo.num_generations must be >= 1, got {k}")
-    if rapo.mini_batch_size < 1 or rapo.mini_batch_size % k:
+    if rapo.mini_batch_size % k:
         raise ValueError(
             f"rapo.mini_batch_size ({rapo.mini_batch_size}) must be a positive multiple of "
             f"rapo.num_generations ({k}): a batch holds whole groups of K completions"
         )
-    for name in ("steps_per_generation", "micro_batch_size", "max_completion_length"):
-        if getattr(rapo, name) < 1:
-            raise ValueError(f"rapo.{name} must be >= 1, got {getattr(rapo, name)}")
-    if rapo.epochs < 0:
-        raise ValueError(f"rapo.epochs must be >= 0, got {rapo.epochs}")
-    if rapo.max_steps is not None and rapo.max_steps < 0:
-        raise ValueError(f"rapo.max_steps must be >= 0 or null, got {rapo.max_steps}")
-    if rapo.learning_rate < 0 or sft.learning_rate < 0:
-        raise ValueError("learning rates (sft.learning_rate, rapo.learning_rate) must be >= 0")
-    if rapo.temperature <= 0:
-        raise ValueError(f"rapo.temperature must be > 0, got {rapo.temperature}")
-    if not 0 < rapo.top_p <= 1:
-        raise ValueError(f"rapo.top_p must lie in (0, 1], got {rapo.top_p}")
-    if not 0 <= rapo.eps_low < 1 or rapo.eps_high < 0:
-        raise ValueError(
-            f"rapo.eps_low must lie in [0, 1) and rapo.eps_high >= 0, got {rapo.eps_low}, {rapo.eps_high}"
-        )
-    if rapo.beta < 0:
-        raise ValueError(f"rapo.beta must be >= 0, got {rapo.beta}")
     from aesr1.loss import AGGREGATIONS
 
     if rapo.aggregation not in AGGREGATIONS:
@@ -471,33 +581,32 @@ def validate_config(config: TrainConfig) -> None:
     if rapo.loss_backend not in ("auto", "triton", "torch"):
         raise ValueError(f"rapo.loss_backend must be auto, triton or torch, got {rapo.loss_backend!r}")
     weights = {"rank": reward.rank, "abs": reward.abs, "binary": reward.binary, "format": reward.format}
-    if any(w < 0 for w in weights.values()) or not any(w > 0 for w in weights.values()):
+    if not any(w > 0 for w in weights.values()):
         raise ValueError(f"reward weights must be >= 0 with at least one > 0, got {weights}")
-    if reward.sigma <= 0 or reward.binary_threshold <= 0:
-        raise ValueError("reward.sigma and reward.binary_threshold must be > 0")
-    if not 0 < rapo.vllm_gpu_memory_utilization <= 1:
-        raise ValueError(
-            f"rapo.vllm_gpu_memory_utilization must lie in (0, 1], got {rapo.vllm_gpu_memory_utilization}"
-        )
     if rapo.rollout_backend == "vllm" and rapo.vllm_mode == "server" and not rapo.vllm_server_base_url:
         raise ValueError("rapo.rollout_backend=vllm with vllm_mode=server needs rapo.vllm_server_base_url")
-    if sft.epochs < 0:
-        raise ValueError(f"sft.epochs must be >= 0, got {sft.epochs}")
-    if sft.micro_batch_size < 1 or sft.global_batch_size < 1:
-        raise ValueError("sft.global_batch_size and sft.micro_batch_size must be >= 1")
     if sft.global_batch_size % sft.micro_batch_size:
         raise ValueError(
             f"sft.global_batch_size ({sft.global_batch_size}) must be a multiple of "
             f"sft.micro_batch_size ({sft.micro_batch_size}) times the number of processes"
         )
-    if not 0 < config.data.test_fraction < 1:
-        raise ValueError(f"data.test_fraction must lie in (0, 1), got {config.data.test_fraction}")
-    if ev.num_samples < 1 or ev.batch_size < 1 or ev.interval < 0 or ev.temperature < 0:
+    if config.model.tiny_hidden_size % 16:
         raise ValueError(
-            "eval.num_samples and eval.batch_size must be >= 1, eval.interval and eval.temperature >= 0"
+            f"model.tiny_hidden_size must be a multiple of 16 (the tiny model's head size), "
+            f"got {config.model.tiny_hidden_size}"
         )
-    if config.save_interval < 1 or config.log_interval < 1:
-        raise ValueError("save_interval and log_interval must be >= 1")
+    from aesr1.modeling.loading import DTYPES
+
+    if config.model.dtype not in DTYPES:
+        raise ValueError(f"model.dtype must be one of {', '.join(DTYPES)}, got {config.model.dtype!r}")
+    from transformers.trainer_utils import SchedulerType
+
+    schedulers = [kind.value for kind in SchedulerType]
+    for key, name in (("sft.lr_scheduler", sft.lr_scheduler), ("rapo.lr_scheduler", rapo.lr_scheduler)):
+        if name not in schedulers:
+            raise ValueError(
+                f"{key} must be a transformers scheduler ({', '.join(schedulers)}), got {name!r}"
+            )
 
 
 def validate_world_size(config: TrainConfig, world_size: int) -> None:

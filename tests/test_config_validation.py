@@ -1,0 +1,127 @@
+"""Every training setting is checked before heavy work starts, with an error naming its key; YAML
+mistakes in files and `--set` end in one `error:` line, not a parser traceback."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+
+import pytest
+
+from aesr1.train.__main__ import main
+from aesr1.train.config import (
+    NUMERIC_RANGES,
+    TrainConfig,
+    config_from_dict,
+    embedded_default,
+    numeric_settings,
+)
+
+
+def nested(key: str, value) -> dict:
+    section, _, name = key.rpartition(".")
+    return {section: {name: value}} if section else {name: value}
+
+
+def test_every_numeric_setting_has_a_range():
+    assert set(numeric_settings(TrainConfig())) == set(NUMERIC_RANGES)
+
+
+def float_settings() -> list[str]:
+    config = TrainConfig()
+    keys = []
+    for key in NUMERIC_RANGES:
+        section, _, name = key.rpartition(".")
+        owner = getattr(config, section) if section else config
+        field = next(f for f in dataclasses.fields(owner) if f.name == name)
+        if "float" in str(field.type):
+            keys.append(key)
+    return keys
+
+
+@pytest.mark.parametrize("key", float_settings())
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_non_finite_numbers_are_rejected_by_key(key, value):
+    with pytest.raises(ValueError, match=rf"^{re.escape(key)} must be a finite number"):
+        config_from_dict(nested(key, value))
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("sft.max_completion_length", 0),
+        ("sft.max_steps", 0),
+        ("sft.max_grad_norm", 0.0),
+        ("sft.warmup_ratio", 1.5),
+        ("data.synthetic_n", 0),
+        ("data.synthetic_n", -5),
+        ("data.synthetic_image_size", 0),
+        ("data.cold_start_per_bin", -1),
+        ("data.max_eval_images", 1),
+        ("rapo.max_grad_norm", 0.0),
+        ("rapo.top_k", -1),
+        ("rapo.warmup_steps", -1),
+        ("reward.rank", -1.0),
+        ("model.tiny_layers", 0),
+        ("save_total_limit", 0),
+        ("seed", -1),
+        ("eval.max_completion_length", 0),
+    ],
+)
+def test_out_of_range_numbers_are_rejected_by_key(key, value):
+    with pytest.raises(ValueError, match=rf"^{re.escape(key)} must (be|lie in) .*got {value!r}"):
+        config_from_dict(nested(key, value))
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("model.dtype", "float33"),
+        ("model.tiny_hidden_size", 40),
+        ("sft.lr_scheduler", "cosin"),
+        ("rapo.lr_scheduler", "linaer"),
+    ],
+)
+def test_bad_choices_are_rejected_by_key(key, value):
+    with pytest.raises(ValueError, match=re.escape(key)):
+        config_from_dict(nested(key, value))
+
+
+def test_shipped_defaults_pass():
+    config_from_dict({}, embedded_default())
+    config_from_dict({})
+
+
+def _cli_error(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return err.strip()
+
+
+def test_cli_names_the_bad_setting(capsys):
+    err = _cli_error(capsys, ["--set", "rapo.learning_rate=.nan"])
+    assert err == "error: rapo.learning_rate must be a finite number (>= 0), got nan"
+    err = _cli_error(capsys, ["--set", "sft.max_completion_length=0"])
+    assert err == "error: sft.max_completion_length must be >= 1, got 0"
+
+
+def test_malformed_set_values_and_keys(capsys):
+    err = _cli_error(capsys, ["--set", "rapo.beta=[1,"])
+    assert err.startswith("error: --set 'rapo.beta=[1,': the value is not valid YAML")
+    err = _cli_error(capsys, ["--set", "rapo=1", "--set", "rapo.beta=2"])
+    assert "--set 'rapo.beta=2'" in err and "'rapo' was set to a value (1)" in err
+    err = _cli_error(capsys, ["--set", "rapo..beta=2"])
+    assert "--set 'rapo..beta=2'" in err
+
+
+def test_malformed_yaml_files(tmp_path, capsys):
+    tabs = tmp_path / "tabs.yaml"
+    tabs.write_text("rapo:\n\tbeta: 0.02\n")
+    err = _cli_error(capsys, ["--config", str(tabs)])
+    assert f"config file {str(tabs)!r} is not valid YAML" in err and "line 2" in err
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("rapo: {beta: [0.1\n")
+    err = _cli_error(capsys, ["--config", str(broken)])
+    assert str(broken) in err and "not valid YAML" in err
