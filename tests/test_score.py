@@ -138,7 +138,8 @@ def test_score_cli_on_tiny_model_prints_critique_and_score(tmp_path, overfit_mod
         assert row["score"] == pytest.approx(0.72) and row["critique"] == "Warm light and bold colour."
         assert row["completions"] == [TARGET] and row["parse_failures"] == 0
     assert rows[2]["error"] and rows[2]["score"] is None
-    assert "3 images: 2 scored, 1 unreadable, 0 of 2 completions unparseable" in run.stderr
+    assert "3 images: 2 scored, 1 skipped (bad image), 0 of 2 completions unparseable" in run.stderr
+    assert f"skipped {tmp_path / 'photos' / 'broken.jpg'}: " in run.stderr
 
     from aesr1.score.__main__ import main  # the same command in-process (saves two interpreter starts)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from aesr1.data.registry import TABLE1_DATASETS, canonical_name, find_dataset_root
 from aesr1.eval.config import EvalConfig
+from aesr1.jsonio import os_error_message, write_text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             table = compare_results(args.compare)
             print(table)
             if args.output:
-                Path(args.output).write_text(table + "\n")
+                write_text(args.output, table + "\n")
             return 0
         if not args.model:
             raise ValueError("--model is required (or --compare)")
@@ -121,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # unwritable output, full disk: predictions saved so far are kept
+        print(f"error: {os_error_message(error)}", file=sys.stderr)
+        return 1
     print(table1([result]))
     print()
     print(details(result))

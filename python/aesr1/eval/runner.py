@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -11,15 +10,17 @@ from typing import Any
 
 import numpy as np
 
+from aesr1.data.images import ImageError, model_image
 from aesr1.data.records import ScoredImage
 from aesr1.data.registry import canonical_name, display_name, parse_data_spec
 from aesr1.data.report import LoadedDataset
 from aesr1.eval.cache import Prediction, PredictionCache
 from aesr1.eval.config import EvalConfig
 from aesr1.eval.correlation import correlations
-from aesr1.eval.predictor import ModelPredictor, Predictor, check_predictions
+from aesr1.eval.predictor import ModelPredictor, Predictor, check_predictions, resolve_device
 from aesr1.eval.results import DatasetResult, EvalResult
 from aesr1.eval.table import report_markdown
+from aesr1.jsonio import check_writable, naming, write_json, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -27,17 +28,6 @@ CACHE_FILE = "predictions.jsonl"
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
 SKIPPED_JSON = "skipped.json"
-
-
-def open_rgb(path: str):
-    """The image as RGB with its file path in ``info["path"]``; raises OSError/ValueError for a file
-    PIL cannot decode."""
-    from PIL import Image
-
-    with Image.open(path) as image:
-        rgb = image.convert("RGB")
-    rgb.info["path"] = str(path)
-    return rgb
 
 
 def _names(label: str, items: Sequence[ScoredImage]) -> tuple[str, str]:
@@ -74,7 +64,8 @@ def _generate_dataset(
     config: EvalConfig,
     progress: bool,
 ) -> list[tuple[str, str]]:
-    """Generates predictions for the items not in the cache; returns (path, reason) of unreadable images."""
+    """Generates predictions for the items not in the cache; returns (path, reason) of the images that
+    could not be given to the model (unreadable, or a size the image processor rejects)."""
     from aesr1.rewards import parse_scores
 
     todo = [item for item in items if (label, item.id) not in cache]
@@ -90,10 +81,11 @@ def _generate_dataset(
         images, kept = [], []
         for item in batch:
             try:
-                images.append(open_rgb(item.image))
+                images.append(model_image(item.image))
                 kept.append(item)
-            except (OSError, ValueError, SyntaxError) as error:  # never crash mid-run on one bad file
-                unreadable.append((item.image, f"{type(error).__name__}: {error}"))
+            except ImageError as error:  # one bad file never stops the run
+                logger.warning("%s: skipped: %s", item.image, error.reason)
+                unreadable.append((item.image, error.reason))
         if kept:
             if hasattr(predictor, "key"):
                 predictor.key = f"{label}/{kept[0].id}/{kept[-1].id}/{len(kept)}"
@@ -159,10 +151,15 @@ def _save_plots(output: Path, label: str, title: str, pred, gt_all, gt, params) 
     from aesr1.eval.plots import plot_distributions, plot_scatter
 
     folder = output / "plots"
-    folder.mkdir(parents=True, exist_ok=True)
+    with naming(folder):
+        folder.mkdir(parents=True, exist_ok=True)
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in label)
-    plot_distributions(pred, gt_all, f"{title}: score distributions", folder / f"{safe}_distribution.png")
-    plot_scatter(pred, gt, f"{title}: prediction vs ground truth", folder / f"{safe}_scatter.png", params)
+    path = folder / f"{safe}_distribution.png"
+    with naming(path):
+        plot_distributions(pred, gt_all, f"{title}: score distributions", path)
+    path = folder / f"{safe}_scatter.png"
+    with naming(path):
+        plot_scatter(pred, gt, f"{title}: prediction vs ground truth", path, params)
 
 
 def run_evaluation(
@@ -178,6 +175,11 @@ def run_evaluation(
     Predictions are appended to ``output_dir/predictions.jsonl`` after every batch; a rerun with the
     same settings skips the images already there (resume after a kill). `datasets` ({label: records})
     replaces loading `config.data`; `predictor(images, num_samples) -> completions` replaces the model.
+
+    An image that cannot be read or that the image processor would reject is skipped, logged and
+    listed in skipped.json; the others are evaluated. Settings, the model directory, the device and
+    a writable output folder are checked before any dataset or model loads; a failed write raises
+    OSError naming the file, and a rerun resumes from the predictions already saved.
     """
     if not isinstance(config, EvalConfig):
         raise TypeError(f"config must be an EvalConfig, got {type(config).__name__}")
@@ -186,6 +188,8 @@ def run_evaluation(
             raise ValueError("model: give a model directory (or inject a predictor)")
         if not (Path(config.model) / "config.json").is_file():  # fail before the datasets' image checks
             raise FileNotFoundError(f"model: {config.model!r} is not a model directory (no config.json)")
+        resolve_device(config.device)
+    output = check_writable(config.output_dir)
     loaded = dict(datasets) if datasets is not None else load_eval_datasets(config)
     if not loaded:
         raise ValueError("datasets: nothing to evaluate")
@@ -204,8 +208,6 @@ def run_evaluation(
             max_new_tokens=config.max_new_tokens,
             seed=config.seed,
         )
-    output = Path(config.output_dir)
-    output.mkdir(parents=True, exist_ok=True)
     cache = PredictionCache(output / CACHE_FILE, config.generation_fingerprint(), overwrite=config.overwrite)
 
     results: dict[str, DatasetResult] = {}
@@ -231,6 +233,6 @@ def run_evaluation(
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     )
     evaluation.save_json(output / RESULTS_JSON)
-    (output / RESULTS_MD).write_text(report_markdown(evaluation))
-    (output / SKIPPED_JSON).write_text(json.dumps(skipped, indent=2))
+    write_text(output / RESULTS_MD, report_markdown(evaluation))
+    write_json(output / SKIPPED_JSON, skipped)
     return evaluation

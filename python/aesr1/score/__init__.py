@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from aesr1.eval.predictor import ModelPredictor, Predictor, check_predictions
+from aesr1.data.images import ImageError, model_image
+from aesr1.eval.predictor import ModelPredictor, Predictor, check_generation, check_predictions
 
 #: File suffixes taken from folders.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
@@ -45,7 +46,9 @@ class ScoreResult:
         score: mean of the parseable sampled scores on [0, 1]; None when none parsed or the image failed.
         critique: the reasoning of the first parseable completion (else of the first completion).
         completions: all sampled completions; scores: their parsed scores (None = unparseable).
-        error: why the image could not be scored (unreadable file), else None.
+        error: why the image was not given to the model, else None: an unreadable file, not a
+            regular file, over PIL's decompression-bomb limit, empty, or a size the image processor
+            rejects (aspect ratio over 200). Such an image has score None and no completions.
     """
 
     image: str
@@ -66,8 +69,9 @@ class ScoreResult:
 
 
 def expand_images(inputs: str | os.PathLike | Iterable[Any], recursive: bool = False) -> list[Any]:
-    """Paths and PIL images; a folder expands to its image files (sorted), a missing path raises
-    FileNotFoundError naming it."""
+    """Paths and PIL images; a folder expands to its regular image files (sorted), a missing path
+    raises FileNotFoundError naming it. A path given explicitly is kept even when it is not a regular
+    file: scoring then reports it instead of reading it."""
     if isinstance(inputs, (str, os.PathLike)) or hasattr(inputs, "convert"):
         inputs = [inputs]
     expanded: list[Any] = []
@@ -91,8 +95,13 @@ def expand_images(inputs: str | os.PathLike | Iterable[Any], recursive: bool = F
     return expanded
 
 
+def _name(entry: Any, position: int) -> str:
+    return entry if isinstance(entry, str) else f"<PIL image {position}>"
+
+
 def summary(results: Sequence[ScoreResult]) -> dict[str, int]:
-    """Counts: images, scored, unreadable, completions and parse failures."""
+    """Counts: images, scored, unreadable (not given to the model: `ScoreResult.error`), completions
+    and parse failures."""
     return {
         "images": len(results),
         "scored": sum(r.score is not None for r in results),
@@ -104,6 +113,10 @@ def summary(results: Sequence[ScoreResult]) -> dict[str, int]:
 
 class Scorer:
     """Scores images with a vision-language model: critique and score per image, batched.
+
+    A bad image never raises, also when it is the only one: its result carries `error` (and score
+    None) and the other images are scored. Bad arguments raise ValueError/TypeError before a model
+    loads; a missing path raises FileNotFoundError.
 
     Args:
         model: a local model directory, or a loaded model (then give `processor`).
@@ -131,17 +144,11 @@ class Scorer:
         dtype: str | None = None,
         predictor: Predictor | None = None,
     ):
-        for name, value in (
-            ("num_samples", num_samples),
-            ("batch_size", batch_size),
-            ("max_new_tokens", max_new_tokens),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature!r}")
-        if temperature == 0 and num_samples > 1:
-            raise ValueError("num_samples > 1 needs sampling: set temperature > 0")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        check_generation(
+            temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, num_samples=num_samples
+        )
         self.num_samples, self.batch_size = num_samples, batch_size
         settings = dict(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
         if predictor is not None:
@@ -160,9 +167,8 @@ class Scorer:
     def score(
         self, images: str | os.PathLike | Iterable[Any], *, recursive: bool = False, progress: bool = False
     ) -> list[ScoreResult]:
-        """Critique and score of each image (paths, folders or PIL images), in input order; unreadable
-        files get `error` set instead of raising."""
-        from aesr1.eval.runner import open_rgb
+        """Critique and score of each image (paths, folders or PIL images), in input order; an image
+        that cannot be given to the model gets `error` set instead of raising."""
         from aesr1.rewards import parse_scores
 
         entries = expand_images(images, recursive)
@@ -176,15 +182,11 @@ class Scorer:
             opened, positions = [], []
             for position in range(start, min(start + self.batch_size, len(entries))):
                 entry = entries[position]
-                if hasattr(entry, "convert"):
-                    opened.append(entry.convert("RGB"))
-                    positions.append(position)
-                    continue
                 try:
-                    opened.append(open_rgb(entry))
+                    opened.append(model_image(entry, _name(entry, position)))
                     positions.append(position)
-                except (OSError, ValueError, SyntaxError) as error:
-                    results[position] = ScoreResult(entry, None, "", error=f"{type(error).__name__}: {error}")
+                except ImageError as error:
+                    results[position] = ScoreResult(_name(entry, position), None, "", error=error.reason)
             if opened:
                 if hasattr(self.predictor, "key"):
                     self.predictor.key = f"score/{start}"
@@ -199,10 +201,8 @@ class Scorer:
                     scores = [None if np.isnan(v) else float(v) for v in row]
                     valid = [v for v in scores if v is not None]
                     first_ok = next((i for i, v in enumerate(scores) if v is not None), 0)
-                    entry = entries[position]
-                    name = entry if isinstance(entry, str) else f"<PIL image {position}>"
                     results[position] = ScoreResult(
-                        image=name,
+                        image=_name(entries[position], position),
                         score=sum(valid) / len(valid) if valid else None,
                         critique=critique_of(samples[first_ok]),
                         completions=samples,

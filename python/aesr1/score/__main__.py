@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+
+from aesr1.jsonio import os_error_message
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def print_table(results) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="Aesthetic scores", show_lines=True)
@@ -38,7 +42,7 @@ def print_table(results) -> None:
     table.add_column("Critique", overflow="fold")
     for result in results:
         if result.error:
-            score, critique = "—", f"[red]unreadable: {result.error}[/red]"
+            score, critique = "—", f"[red]skipped: {escape(result.error)}[/red]"
         elif result.score is None:
             score, critique = "[yellow]unparseable[/yellow]", result.critique
         else:
@@ -69,15 +73,31 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        print(f"error: {os_error_message(error)}", file=sys.stderr)
+        return 1
     results = scorer(images, progress=not args.quiet)
-    if args.jsonl:
+    try:
+        if args.jsonl:
+            for result in results:
+                print(json.dumps(result.to_dict(), ensure_ascii=False))
+        else:
+            print_table(results)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader (`| head`) has gone: stop quietly, and keep Python from failing again at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except OSError as error:
+        print(f"error: writing the results to standard output: {os_error_message(error)}", file=sys.stderr)
+        return 1
+    if args.jsonl:  # the table shows them; JSON lines often go to a file
         for result in results:
-            print(json.dumps(result.to_dict(), ensure_ascii=False))
-    else:
-        print_table(results)
+            if result.error:
+                print(f"skipped {result.image}: {result.error}", file=sys.stderr)
     counts = summary(results)
     print(
-        f"{counts['images']} images: {counts['scored']} scored, {counts['unreadable']} unreadable, "
+        f"{counts['images']} images: {counts['scored']} scored, {counts['unreadable']} skipped (bad image), "
         f"{counts['parse_failures']} of {counts['completions']} completions unparseable",
         file=sys.stderr,
     )
