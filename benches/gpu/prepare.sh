@@ -1,22 +1,27 @@
 #!/usr/bin/env bash
-# Run HERE (no GPU needed) before the device checks: fills .whl/ (git-ignored, carried to the device
-# machine) with what its image lacks. The device has Python 3.12, torch, triton and transformers but
-# no network, and no aesr1, trl, deepspeed, liger-kernel or datasets. Carry limit: 64 MiB in all.
-#   bash benches/gpu/prepare.sh && du -sh .whl
+# Run HERE (network to PyPI, no GPU needed) before benches/gpu/run.sh goes to the device: fills
+# .whl/ (git-ignored; the device tool carries it with carry [".whl"]) with
+#   - the abi3 aesr1 wheel (maturin, release): run.sh takes its compiled core from it, and the
+#     stamp .whl/aesr1-core.sha256 of the Rust sources it was built from;
+#   - the wheels of benches/gpu/pins.txt (the one place for their versions): what the device image
+#     lacks, for CPython 3.12 on x86-64; DeepSpeed (sdist only) is built into a pure wheel here.
+# Then checks the pins against the wheels' metadata (benches/gpu/wheels.py check --strict) and the
+# size: the working tree plus .whl must stay under the device tool's 64 MiB.
+#   bash benches/gpu/prepare.sh
+# Rebuild after any change under rust/ (run.sh refuses a core built from other Rust sources);
+# Python-only changes need no rebuild (the tree's python/ runs on the device).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-. .venv/bin/activate
+PY=${PYTHON:-.venv/bin/python}
+"$PY" -m maturin --version >/dev/null 2>&1 || "$PY" -m pip install -q "maturin>=1.8,<2"
 mkdir -p .whl
 rm -f .whl/aesr1-*.whl
-maturin build --release --out .whl                     # abi3: one wheel for any Python >= 3.10
-# Pure-Python or cp312 manylinux wheels, without dependencies (the image has torch & co).
-pip download -q -d .whl --no-deps --python-version 3.12 --only-binary=:all: \
-    "trl==1.16.*" "datasets>=3,<5" "dill<0.4.2" "multiprocess<0.70.20" "liger-kernel==0.8.5" \
-    hjson pydantic pydantic-core annotated-types typing-inspection typing-extensions \
-    "pytest>=8,<10" pluggy iniconfig "hypothesis>=6.100,<7" sortedcontainers "pytest-timeout>=2.3" \
-    xxhash "accelerate>=1.0,<2" msgpack py-cpuinfo ninja einops
-# DeepSpeed ships an sdist only: build a py3 wheel with this venv's torch (ops are JIT-built there).
-if ! ls .whl/deepspeed-*.whl >/dev/null 2>&1; then
-    pip wheel -q --no-deps --no-build-isolation -w .whl "deepspeed>=0.16,<1"
-fi
+"$PY" -m maturin build --release --out .whl          # abi3: one wheel for any CPython >= 3.10
+"$PY" benches/gpu/wheels.py download --whl .whl
+"$PY" benches/gpu/wheels.py stamp --whl .whl
+"$PY" benches/gpu/wheels.py check --whl .whl --strict
 ls -la .whl
+whl_kib=$(du -sk .whl | cut -f1)
+tree_kib=$( { git ls-files -z; git ls-files -z --others --exclude-standard; } | du -ck --files0-from=- 2>/dev/null | tail -1 | cut -f1)
+echo "carried: .whl ${whl_kib} KiB + working tree ${tree_kib} KiB (limit 65536 KiB)"
+if (( whl_kib + tree_kib > 65536 )); then echo "too large for the device tool" >&2; exit 1; fi
