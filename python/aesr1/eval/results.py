@@ -27,7 +27,8 @@ class DatasetResult:
         completions: completions generated; parse_failures: those without a parseable score.
         unscored: images none of whose completions parsed.
         skipped_at_load: images the loader skipped (missing or unreadable files).
-        unreadable_at_eval: images that failed to open when generating.
+        unreadable_at_eval: images not given to the model when generating: unreadable, not a regular
+            file, or a size the image processor rejects (listed with the reason in skipped.json).
         plcc, srcc, krcc: correlations of the scored images (raw predictions).
         plcc_logistic: PLCC after the 4-parameter logistic fit; logistic_params its betas.
         note: why a metric is NaN, if one is.
