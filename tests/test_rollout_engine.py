@@ -65,6 +65,19 @@ def batch(tiny, images):
     return prompt_batch
 
 
+def test_engine_passes_the_cache_under_the_installed_transformers_name(tiny):
+    """transformers 5.17 names the forward's KV cache `past_key_values`, later releases `cache`."""
+    import inspect
+
+    from aesr1.rollout.engine import CACHE_KEYWORDS, cache_keyword, supports_model
+
+    model, _ = tiny
+    assert supports_model(model) is None
+    name = cache_keyword(model)
+    assert name in CACHE_KEYWORDS and name in inspect.signature(model.forward).parameters
+    DecodeEngine(model)  # raises when the model is not supported
+
+
 def hf_greedy(model, prompt_batch, max_new_tokens, eos, pad):
     with torch.no_grad():
         output = model.generate(

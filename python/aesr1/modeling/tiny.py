@@ -207,7 +207,10 @@ def build_tiny_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = Qwen2_5_VLForConditionalGeneration(model_config)
-    model.generation_config.eos_token_id = model_config.eos_token_id
-    model.generation_config.pad_token_id = model_config.pad_token_id
-    model.generation_config.bos_token_id = model_config.bos_token_id
+    # the text config holds the special ids in every transformers 5 release (the top-level config
+    # of Qwen2.5-VL dropped them in some)
+    text_config = model_config.get_text_config()
+    model.generation_config.eos_token_id = text_config.eos_token_id
+    model.generation_config.pad_token_id = text_config.pad_token_id
+    model.generation_config.bos_token_id = text_config.bos_token_id
     return model, processor

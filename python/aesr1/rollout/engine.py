@@ -22,7 +22,8 @@ optimiser step is seen by the next call without a copy. If a parameter's storage
 tensor was assigned, ZeRO-3 gathered parameters anew, `.to()`), the graphs are captured again.
 On CPU the same step runs eagerly, which is how the tests check it.
 
-Supported models: transformers 5 decoder models whose forward takes `cache`, `position_ids` and a
+Supported models: transformers 5 decoder models whose forward takes a KV cache (`past_key_values` in
+transformers 5.17, `cache` in later releases; `cache_keyword` finds which), `position_ids` and a
 dict of 4-D attention masks (Qwen2.5-VL and the Qwen2 family) with "sdpa" or "eager" attention and
 no sliding-window layers. `supports_model` says why not otherwise.
 """
@@ -48,6 +49,8 @@ from aesr1.rollout.state import DecodeState, StateShape
 PREFILL_KEYS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids",
                 "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")  # fmt: skip
 SUPPORTED_ATTENTION = ("sdpa", "eager")
+#: Names transformers has given the forward's KV-cache argument, newest first.
+CACHE_KEYWORDS = ("cache", "past_key_values")
 
 
 @dataclass
@@ -118,15 +121,32 @@ def smallest_bucket(buckets: list[int], count: int) -> int:
     return min(b for b in buckets if b >= count)
 
 
-def supports_model(model) -> str | None:
-    """None when the engine can run `model`, else the reason it cannot."""
+def _forward_parameters(model):
     # PEFT wrappers forward **kwargs to the model they wrap: inspect that one
     inner = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
     try:
-        parameters = inspect.signature(inner.forward).parameters
+        return inspect.signature(inner.forward).parameters
     except (TypeError, ValueError):
+        return None
+
+
+def cache_keyword(model) -> str | None:
+    """The name under which `model`'s forward takes its KV cache (`CACHE_KEYWORDS`), or None."""
+    parameters = _forward_parameters(model) or {}
+    return next((name for name in CACHE_KEYWORDS if name in parameters), None)
+
+
+def supports_model(model) -> str | None:
+    """None when the engine can run `model`, else the reason it cannot."""
+    parameters = _forward_parameters(model)
+    if parameters is None:
         return "the model's forward has no inspectable signature"
-    for name in ("cache", "position_ids", "logits_to_keep"):
+    if cache_keyword(model) is None:
+        return (
+            f"the model's forward takes none of {CACHE_KEYWORDS} as its KV cache "
+            "(transformers >= 5 models are supported)"
+        )
+    for name in ("position_ids", "logits_to_keep"):
         if name not in parameters:
             return f"the model's forward takes no {name!r} argument (transformers >= 5 models are supported)"
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
@@ -176,6 +196,7 @@ class DecodeEngine:
         self.options = options or EngineOptions()
         config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         self._attention = getattr(config, "_attn_implementation", None) or "eager"
+        self._cache_keyword = cache_keyword(model)
         self._state: DecodeState | None = None
         self._params: SamplingParams | None = None
         self._suppressed: torch.Tensor | None = None
@@ -376,8 +397,8 @@ class DecodeEngine:
             input_ids=input_ids,
             position_ids=position_ids,
             attention_mask=attention_mask,
-            cache=cache,
             use_cache=True,
+            **{self._cache_keyword: cache},
             logits_to_keep=1,
         )
         return output.logits[:, -1]
