@@ -92,3 +92,12 @@ def test_bench_smoke_runs_every_method_on_cpu(tmp_path, monkeypatch):
     # fp32 on CPU: the engine's greedy tokens are generate's exactly
     assert report["greedy_check"]["identical_rows"] == report["greedy_check"]["rows"]
     assert out.exists()
+
+
+def test_the_trl_names_aesr1_imports_exist_in_the_installed_trl():
+    """aesr1 imports these lazily (vLLM rollouts, ZeRO-3/FSDP reference, generation unwrap, SFT):
+    a trl release that moves one fails here instead of in the middle of a run."""
+    from trl import SFTConfig, SFTTrainer  # noqa: F401
+    from trl.generation.vllm_generation import VLLMGeneration  # noqa: F401
+    from trl.models import unwrap_model_for_generation  # noqa: F401
+    from trl.models.utils import prepare_deepspeed, prepare_fsdp  # noqa: F401

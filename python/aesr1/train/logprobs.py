@@ -14,8 +14,8 @@ lm_head's own forward, so the chunked GEMMs run *inside* a call of the lm_head m
 (:func:`call_with_lm_head_weight`): its pre-forward hook gathers the full weight, the post-forward
 hook releases it, and its backward hooks re-gather it while the weight gradient (computed in the
 forward) is accumulated and reduce-scattered, exactly as for an ordinary `nn.Linear`. The whole
-computation is also routed through the wrapper's `forward` (trl's `_ForwardRedirection`), so the
-DDP/DeepSpeed engine sees a forward pass.
+computation is also routed through the wrapper's `forward` (:func:`redirect_forward`, the forward
+redirection of PyTorch Lightning's strategies and trl), so the DDP/DeepSpeed engine sees a forward pass.
 """
 
 from __future__ import annotations
@@ -71,12 +71,26 @@ def call_with_lm_head_weight(model, fn: Callable[..., Any], hidden: torch.Tensor
 
 
 def redirect_forward(wrapper, unwrapped, method: Callable[..., Any], *args: Any, **kwargs: Any):
-    """`method(*args, **kwargs)` executed as `wrapper`'s forward (DDP / DeepSpeed engine hooks run)."""
+    """`method(*args, **kwargs)` executed as `wrapper`'s forward (DDP / DeepSpeed engine hooks run).
+
+    `unwrapped.forward` is swapped for a function that restores it and calls `method`, then the
+    wrapper is called: whatever it does around its module's forward (DDP's gradient-sync
+    preparation, ZeRO-3's parameter hooks) happens around `method`. Own code rather than trl's
+    private `_ForwardRedirection`, whose location and name are not part of trl's API.
+    """
     if wrapper is unwrapped:
         return method(*args, **kwargs)
-    from trl.models.utils import _ForwardRedirection
+    original = unwrapped.forward
 
-    return _ForwardRedirection()(wrapper, unwrapped, method, *args, **kwargs)
+    def forward(*inner_args: Any, **inner_kwargs: Any) -> Any:
+        unwrapped.forward = original  # `method` may call the real forward itself
+        return method(*inner_args, **inner_kwargs)
+
+    unwrapped.forward = forward
+    try:
+        return wrapper(*args, **kwargs)
+    finally:
+        unwrapped.forward = original
 
 
 @torch.no_grad()
