@@ -205,6 +205,18 @@ def test_high_bit_depth_greyscale_is_scaled_not_clipped(tmp_path):
         assert (pixels[..., 0] == pixels[..., 2]).all()
 
 
+def test_training_images_of_high_bit_depth_are_scaled_not_clipped(tmp_path):
+    """The chat inputs of SFT and RAPO load images like the scorer does."""
+    from aesr1.modeling.chat import load_images
+
+    ramp = np.linspace(0, 65535, 32 * 32).round().astype(np.uint16).reshape(32, 32)
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    expected = np.rint(ramp / 257.0)
+    for image in load_images([tmp_path / "deep.png", Image.fromarray(ramp.astype(np.int32))]):
+        pixels = np.asarray(image)
+        assert image.mode == "RGB" and np.abs(pixels[..., 1].astype(float) - expected).max() <= 1
+
+
 # ------------------------------------------------------------------------------ settings
 
 

@@ -7,6 +7,7 @@ and is scored by the logits at column `P + t - 1`.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,16 +34,18 @@ def prompt_text(processor, prompt: str = SCORING_PROMPT) -> str:
 
 
 def load_images(images: Sequence[Any]) -> list[Any]:
-    """Open paths as RGB PIL images; PIL images pass through."""
+    """Open paths as 8-bit RGB PIL images (high-bit-depth greyscale rescaled, not clipped: see
+    `aesr1.data.images.to_rgb`); PIL images are converted the same way."""
     from PIL import Image
+
+    from aesr1.data.images import open_image, to_rgb
 
     opened = []
     for index, image in enumerate(images):
         if isinstance(image, Image.Image):
-            opened.append(image.convert("RGB"))
+            opened.append(to_rgb(image))
         elif isinstance(image, (str, bytes)) or hasattr(image, "__fspath__"):
-            with Image.open(image) as handle:
-                opened.append(handle.convert("RGB"))
+            opened.append(open_image(os.fsdecode(image) if isinstance(image, bytes) else image))
         else:
             raise TypeError(f"images[{index}] must be a path or a PIL image, got {type(image).__name__}")
     return opened
