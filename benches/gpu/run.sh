@@ -63,6 +63,11 @@ if [[ $REHEARSAL == 1 ]]; then
     #            install env pytest loss rollout scale
     BUDGETS=(60 40 120 150 120 240)
 else
+    if ! command -v nvidia-smi >/dev/null && [[ ${FORCE:-0} != 1 ]]; then
+        # the device run installs wheels into this Python: never into a development venv by mistake
+        echo "no nvidia-smi: the device run needs the GPU machine (FORCE=1 overrides); here use --rehearsal" >&2
+        exit 2
+    fi
     OUT=${OUT:-/tmp/aesr1-out}
     unset TRITON_INTERPRET # compiled kernels; interpreted ones on a GPU would be a fallback
     export AESR1_REHEARSAL=0
