@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import asyncio
-import json
+import bisect
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,6 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 from aesr1.aescot.chat_client import ChatClient, EndpointConfig, image_data_url
 from aesr1.aescot.construction import chat_content, judge_prompt
 from aesr1.aescot.experts import LocalModel, stable_seed
+from aesr1.aescot.jsontext import json_objects
 from aesr1.data.records import ScoredImage
 from aesr1.prompts import score_bin
 
@@ -61,15 +62,19 @@ def _as_bool(value: Any, key: str) -> bool:
     raise JudgeParseError(f"verdict field {key!r} must be a boolean, got {value!r}")
 
 
-def _json_objects(text: str):
-    decoder = json.JSONDecoder()
-    for match in re.finditer(r"\{", text):
-        try:
-            obj, _ = decoder.raw_decode(text, match.start())
-        except json.JSONDecodeError:
-            continue
-        if isinstance(obj, dict):
-            yield obj
+def _without_think_blocks(text: str) -> str:
+    """`text` without its ``<think>…</think>`` blocks, as ``re.sub(r"<think>.*?</think>", "", text,
+    flags=re.DOTALL)`` removes them but in linear time: that regex rescans the rest of the text from
+    every unclosed ``<think>``, quadratic on an answer such as "<think>" * n."""
+    pieces, position = [], 0
+    while (start := text.find("<think>", position)) >= 0:
+        end = text.find("</think>", start + len("<think>"))
+        if end < 0:  # no later <think> has a closing tag either
+            break
+        pieces.append(text[position:start])
+        position = end + len("</think>")
+    pieces.append(text[position:])
+    return "".join(pieces)
 
 
 def parse_verdict(text: str) -> JudgeVerdict:
@@ -77,24 +82,29 @@ def parse_verdict(text: str) -> JudgeVerdict:
 
     Tolerates code fences, a leading `<think>` block and prose around the object. A verdict whose
     `factual_errors` lists real errors counts as not factually accurate even if it says otherwise.
+    Linear in the length of `text`, whatever it holds: judges' answers are model output.
     """
     if not isinstance(text, str):
         raise TypeError(f"text must be a string, got {type(text).__name__}")
-    text = re.sub(r"<think>.*?</think>", "", text, flags=re.DOTALL)
-    for obj in _json_objects(text):
+    text = _without_think_blocks(text)
+    for obj in json_objects(text):
         if "consistent" not in obj:
             continue
         consistent = _as_bool(obj["consistent"], "consistent")
         errors_field = obj.get("factual_errors", [])
         errors = [errors_field] if isinstance(errors_field, str) else list(errors_field or [])
-        errors = [str(e).strip() for e in errors if str(e).strip().lower().rstrip(".") not in _NO_ERROR]
+        try:
+            errors = [str(e).strip() for e in errors if str(e).strip().lower().rstrip(".") not in _NO_ERROR]
+            reason = str(obj.get("consistency_reason", ""))
+        except RecursionError:  # str() of a value nested thousands of levels deep
+            raise JudgeParseError("verdict fields are nested too deeply to read") from None
         if "factually_accurate" in obj:
             accurate = _as_bool(obj["factually_accurate"], "factually_accurate") and not errors
         elif "factual_errors" in obj:
             accurate = not errors
         else:
             raise JudgeParseError("verdict has neither 'factually_accurate' nor 'factual_errors'")
-        return JudgeVerdict(consistent, accurate, str(obj.get("consistency_reason", "")), errors)
+        return JudgeVerdict(consistent, accurate, reason, errors)
     raise JudgeParseError(f"no JSON verdict with a 'consistent' field in: {text[:200]!r}")
 
 
@@ -256,12 +266,29 @@ def _sentences(text: str) -> list[str]:
     return [s for s in re.split(r"(?<=[.!?])\s+", text.strip()) if s]
 
 
+_TOKEN = re.compile(r"[\w']+")
+
+
 def _word_hits(sentence: str, word: str) -> list[bool]:
-    """For each occurrence of `word`: whether it is negated by one of the two preceding words."""
+    """For each occurrence of `word`: whether it is negated by one of the two preceding words
+    (the last two word tokens, ``[\\w']+``, of the text before it)."""
     lowered = sentence.lower()
+    matches = list(re.finditer(rf"\b{re.escape(word)}\b", lowered))
+    if not matches:
+        return []
+    # Tokenised once, not once per occurrence: re-reading the text before every occurrence is
+    # quadratic in a critique that repeats the word.
+    tokens = [(m.start(), m.end()) for m in _TOKEN.finditer(lowered)]
+    ends = [end for _, end in tokens]
     hits = []
-    for match in re.finditer(rf"\b{re.escape(word)}\b", lowered):
-        before = re.findall(r"[\w']+", lowered[: match.start()])[-2:]
+    for match in matches:
+        cut = match.start()
+        # Tokens ending by `cut` are whole in the text before it; the next one may straddle `cut`,
+        # and is then cut short as it would be in that text.
+        index = bisect.bisect_right(ends, cut)
+        before = [lowered[s:e] for s, e in tokens[max(0, index - 2) : index]]
+        if index < len(tokens) and tokens[index][0] < cut:
+            before = [*before, lowered[tokens[index][0] : cut]][-2:]
         hits.append(any(n in before for n in _NEGATORS))
     return hits
 

@@ -11,7 +11,6 @@ Same prompt, batching, parsing and failure accounting as `python -m aesr1.eval`;
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,16 +24,36 @@ from aesr1.eval.predictor import ModelPredictor, Predictor, check_generation, ch
 #: File suffixes taken from folders.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 
-_THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
-_ANSWER = re.compile(r"<answer>.*?</answer>", re.DOTALL)
+
+# Model text is untrusted, so the tags are found with str.find, linear in the text: the lazy
+# regexes `<think>(.*?)</think>` and `<answer>.*?</answer>` rescan the rest of the text from every
+# unclosed opening tag, quadratic on text such as "<think>" * n.
+
+
+def _without_blocks(text: str, open_tag: str, close_tag: str) -> str:
+    """`text` without its ``open_tag…close_tag`` blocks (leftmost first, not nested), as
+    ``re.sub(open_tag + ".*?" + close_tag, "", text, flags=re.DOTALL)`` removes them."""
+    pieces, position = [], 0
+    while (start := text.find(open_tag, position)) >= 0:
+        end = text.find(close_tag, start + len(open_tag))
+        if end < 0:  # no later opening tag has a closing one either
+            break
+        pieces.append(text[position:start])
+        position = end + len(close_tag)
+    pieces.append(text[position:])
+    return "".join(pieces)
 
 
 def critique_of(completion: str) -> str:
-    """The reasoning of a completion: its ``<think>`` content, else the text without answer tags."""
-    found = _THINK.findall(completion)
-    if found:
-        return found[0].strip()
-    return _ANSWER.sub("", completion).replace("<think>", "").strip()
+    """The reasoning of a completion: the content of its first ``<think>…</think>`` block (from the
+    first ``<think>`` to the next ``</think>``), else the text without ``<answer>…</answer>``
+    blocks and ``<think>`` tags. Linear in the length of the text."""
+    start = completion.find("<think>")
+    if start >= 0:
+        end = completion.find("</think>", start + len("<think>"))
+        if end >= 0:
+            return completion[start + len("<think>") : end].strip()
+    return _without_blocks(completion, "<answer>", "</answer>").replace("<think>", "").strip()
 
 
 @dataclass
