@@ -291,14 +291,40 @@ def _build(args) -> int:
     return 0
 
 
+def _read_critiques(path: Path) -> list[tuple[str, str]]:
+    """(id, critique) of each record of a JSONL file; ValueError naming the file and the line for
+    anything unreadable."""
+    texts = []
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise ValueError(
+                        f"--file {str(path)!r}: line {number} is not JSON ({error.msg} at column {error.colno})"
+                    ) from None
+                if not isinstance(record, dict):
+                    raise ValueError(
+                        f"--file {str(path)!r}: line {number} is a JSON {type(record).__name__}, "
+                        "expected an object with a 'critique'"
+                    )
+                texts.append((str(record.get("id", number)), str(record.get("critique", ""))))
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"--file {str(path)!r}: not UTF-8 text ({error.reason} at byte {error.start})"
+        ) from None
+    except OSError as error:
+        raise ValueError(f"--file {str(path)!r}: {error.strerror or error}") from None
+    return texts
+
+
 def _check_leakage(args) -> int:
     texts: list[tuple[str, str]] = [(f"arg{i}", t) for i, t in enumerate(args.text)]
     if args.file is not None:
-        with open(args.file, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if line.strip():
-                    record = json.loads(line)
-                    texts.append((str(record.get("id", number)), str(record.get("critique", ""))))
+        texts.extend(_read_critiques(args.file))
     if not texts:
         raise ValueError("give sentences or --file")
     leaking = 0
@@ -315,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _build(args) if args.command == "build" else _check_leakage(args)
-    except (ValueError, TypeError, FileNotFoundError) as error:
+    except (ValueError, TypeError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except (ChatFatalError, RuntimeError) as error:

@@ -19,6 +19,16 @@ def is_score_file(spec: str) -> bool:
     return spec.lower().endswith(SCORE_FILE_SUFFIXES) and Path(spec).is_file()
 
 
+def _names_a_file(spec: str) -> bool:
+    """Whether `spec` is meant as a bare score-file path rather than a dataset spec: a score-file
+    suffix and no ``name:`` prefix (a drive letter such as ``C:``, or a colon after a folder, is
+    part of a path)."""
+    if not spec.lower().endswith(SCORE_FILE_SUFFIXES) or "," in spec:
+        return False
+    name, colon, _ = spec.partition(":")
+    return not colon or (len(name) == 1 and name.isalpha()) or any(c in name for c in "/\\.")
+
+
 def load_items(
     spec: str,
     *,
@@ -35,6 +45,10 @@ def load_items(
     if is_score_file(spec):
         name = "csv" if spec.lower().endswith(".csv") else "jsonl"
         return list(load_dataset(name, spec, split or "all", score_range=score_range, progress=progress))
+    if _names_a_file(spec):
+        path = Path(spec)
+        cause = "is a directory" if path.is_dir() else "not found"
+        raise FileNotFoundError(f"--data: score file {spec!r} {cause}")
     items: list[ScoredImage] = []
     for entry in parse_data_spec(spec):
         items.extend(entry.load(split or "train", progress=progress))
