@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 
@@ -9,9 +11,12 @@ import pytest
 def fresh_accelerate_state():
     """Accelerate's state is a process-wide singleton: a trl trainer in one module leaves
     mixed_precision="bf16" behind (GRPOConfig's default), which would silently autocast the models of
-    every later module's trainers. Each module starts from a clean state."""
-    from accelerate.state import AcceleratorState, GradientState
+    every later module's trainers. Each module starts from a clean state.
 
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+    A process that never imported accelerate has no state to reset, and the numpy-only install
+    (rewards, metrics) runs its tests without accelerate or torch."""
+    state = sys.modules.get("accelerate.state")
+    if state is not None:
+        state.AcceleratorState._reset_state(reset_partial_state=True)
+        state.GradientState._reset_state()
     yield
