@@ -10,7 +10,8 @@ of threads:
 * `krcc`: Kendall's tau-b, bit-identical to ``scipy.stats.kendalltau``.
 
 NaN or infinite values raise ValueError unless ``nan_policy="omit"``, which drops every pair with
-a non-finite value. Fewer than two points raise ValueError. A constant input has no correlation:
+a non-finite value. Fewer than two points raise ValueError, and so does a masked array with masked
+entries (its mask would be lost: use ``.filled(np.nan)`` with ``nan_policy="omit"``). A constant input has no correlation:
 the result is NaN and a `ConstantInputWarning` is issued (SciPy's convention).
 """
 
@@ -49,6 +50,13 @@ class Evaluation:
 def _series(value: Any, name: str) -> np.ndarray:
     if isinstance(value, (str, bytes)):
         raise TypeError(f"`{name}` must be numeric, got {type(value).__name__}")
+    # `np.asarray` drops a mask and keeps the values under it; what masked means is the caller's call.
+    if isinstance(value, np.ma.MaskedArray) and np.ma.is_masked(value):
+        raise ValueError(
+            f"`{name}` is a masked array with {int(np.ma.count_masked(value))} masked entries, which "
+            f"would be read as their underlying values; pass `{name}.filled(np.nan)` with "
+            f"nan_policy='omit' to leave them out"
+        )
     try:
         array = np.asarray(value)
     except (TypeError, ValueError) as err:

@@ -22,6 +22,9 @@ left out of μ and σ². ``1 − p`` is evaluated as Φ(−z), exact in the tail
 Batches: either K completions (or predictions) per image, given as a list of lists, an (N, K)
 array, or a flat sequence with ``num_generations=K`` (trl's layout); or a flat sequence whose
 groups are given by ``group_ids`` in any order (verl reorders batches).
+
+Numeric inputs are anything numpy reads as numbers; a masked array with masked entries raises
+ValueError, since its mask would otherwise be silently dropped (fill it, e.g. with NaN, first).
 """
 
 from __future__ import annotations
@@ -113,10 +116,25 @@ class RapoResult:
 # Input normalisation
 
 
+def _reject_masked(value: Any, name: str) -> None:
+    """ValueError naming `name` when `value` is a masked array with masked entries.
+
+    `np.asarray` would drop the mask and use whatever lies under it, so the caller must say what a
+    masked entry means (NaN marks an unparseable prediction, or leave the entries out).
+    """
+    if isinstance(value, np.ma.MaskedArray) and np.ma.is_masked(value):
+        count = int(np.ma.count_masked(value))
+        raise ValueError(
+            f"`{name}` is a masked array with {count} masked entries, which would be read as their "
+            f"underlying values; pass `{name}.filled(np.nan)` or the unmasked entries instead"
+        )
+
+
 def _float_array(value: Any, name: str) -> np.ndarray:
     """`value` as a float64 array, or a TypeError naming `name` when it cannot be one."""
     if isinstance(value, (str, bytes)):
         raise TypeError(f"`{name}` must be numeric, got {type(value).__name__}")
+    _reject_masked(value, name)
     try:
         array = np.asarray(value)
         if array.dtype.kind not in "biuf":
@@ -134,11 +152,20 @@ def _check_ties(ties: str) -> str:
     return ties
 
 
+def _weight(value: Any, name: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"`{name}` must be a number, got {value!r}") from None
+
+
 def _weights(weights: WeightsLike) -> RewardWeights:
     if weights is None:
         return RewardWeights()
     if isinstance(weights, RewardWeights):
-        return weights
+        return RewardWeights(
+            **{f.name: _weight(getattr(weights, f.name), f"weights.{f.name}") for f in fields(RewardWeights)}
+        )
     if isinstance(weights, str):
         try:
             return WEIGHT_PRESETS[weights]
@@ -152,7 +179,7 @@ def _weights(weights: WeightsLike) -> RewardWeights:
         if unknown:
             raise ValueError(f"`weights`: unknown components {sorted(unknown)}; known: {sorted(known)}")
         values = {k: 0.0 for k in known}
-        values.update({k: float(v) for k, v in weights.items()})
+        values.update({k: _weight(v, f"weights[{k!r}]") for k, v in weights.items()})
         return RewardWeights(**values)
     raise TypeError(
         f"`weights` must be RewardWeights, a mapping, a preset name or None, got {type(weights).__name__}"
@@ -171,6 +198,7 @@ class _Layout:
 
 def _codes(group_ids: Any, count: int) -> tuple[np.ndarray, np.ndarray]:
     """Dense codes 0..G-1 of `group_ids` and the index of each group's first completion."""
+    _reject_masked(group_ids, "group_ids")
     try:
         labels = np.asarray(group_ids)
     except Exception as err:  # noqa: BLE001 - any conversion failure is a type problem here
@@ -207,14 +235,19 @@ def _layout(count: int, group_ids: Any, num_generations: int | None) -> _Layout:
     return _Layout(size=int(num_generations), codes=None, num_groups=count // int(num_generations))
 
 
-def _group_truth(gt: np.ndarray, layout: _Layout, count: int) -> np.ndarray:
-    """One ground truth per group from `gt` given per group or per completion."""
+def _group_truth(gt: np.ndarray, layout: _Layout, count: int, ordered_groups: bool) -> np.ndarray:
+    """One ground truth per group from `gt` given per group or per completion.
+
+    Per group needs an order of the groups: contiguous groups and `ordered_groups` (labels 0..G-1
+    in the caller's image order, as for nested completions) have one; arbitrary labels do not.
+    """
     if gt.ndim != 1:
         raise ValueError(f"`gt` must be 1-D, got shape {gt.shape}")
-    if layout.codes is None and len(gt) == layout.num_groups:
+    per_image = layout.codes is None or ordered_groups
+    if per_image and len(gt) == layout.num_groups:
         return gt
     if len(gt) != count:
-        expected = f"{layout.num_groups} (one per image) or {count}" if layout.codes is None else str(count)
+        expected = f"{layout.num_groups} (one per image) or {count}" if per_image else str(count)
         raise ValueError(f"`gt` has length {len(gt)}, expected {expected} (one per completion)")
     if layout.codes is None:
         per_group = gt.reshape(layout.num_groups, layout.size)
@@ -261,7 +294,9 @@ def parse_scores(completions: Sequence[str]) -> np.ndarray:
     """Score of each completion: the last complete ``<answer>…</answer>`` block whose content is one
     decimal number in [0, 1] (whitespace around it allowed); NaN when there is none.
 
-    Parsed natively in parallel. Non-string items raise TypeError.
+    Parsed natively in parallel, in time linear in the text. Non-string items raise TypeError.
+    A string that is not valid Unicode (lone surrogates, e.g. from a bad decode) is read with each
+    surrogate as an ordinary non-tag character, so its tags and number still count.
     """
     return _core.parse_scores(completions)
 
@@ -325,7 +360,8 @@ def group_advantages(
     rewards: Any, *, group_ids: Any = None, num_generations: int | None = None
 ) -> np.ndarray:
     """Group-relative advantages, Eq. 9: ``(r − mean(R_i)) / (std(R_i) + 1e-4)`` with the unbiased
-    standard deviation of each image's rewards; 0 for groups of one.
+    standard deviation of each image's rewards; 0 for groups of one. Any finite rewards work, however
+    large (the group statistics are computed without overflow).
 
     `rewards` is (N, K) or flat with `num_generations` or `group_ids`. Returns `rewards`' shape.
     """
@@ -342,7 +378,7 @@ def group_advantages(
 
 
 def _prepare(
-    pred: Any, gt: Any, group_ids: Any, num_generations: int | None
+    pred: Any, gt: Any, group_ids: Any, num_generations: int | None, ordered_groups: bool = False
 ) -> tuple[np.ndarray, np.ndarray, _Layout]:
     pred_a = _float_array(pred, "pred")
     if pred_a.size == 0:
@@ -360,7 +396,7 @@ def _prepare(
     gt_a = _float_array(gt, "gt")
     if gt_a.ndim == 2 and gt_a.shape == pred_a.shape:
         gt_a = gt_a.ravel()  # one per completion
-    truth = _group_truth(gt_a, layout, pred_a.size)
+    truth = _group_truth(gt_a, layout, pred_a.size, ordered_groups)
     return pred_a, np.ascontiguousarray(truth), layout
 
 
@@ -419,7 +455,10 @@ def rapo(
             if len(set(sizes)) == 1:
                 group_ids, num_generations = None, sizes[0]
         scores, format_values = _core.parse_completions(flat)
-        pred_a, truth, layout = _prepare(scores, batch["gt"], group_ids, num_generations)
+        # Ragged nested groups get labels 0..N-1 in list order, so `gt` may still be per image.
+        pred_a, truth, layout = _prepare(
+            scores, batch["gt"], group_ids, num_generations, ordered_groups=sizes is not None
+        )
     else:
         pred_a, truth, layout = _prepare(batch["pred"], batch["gt"], group_ids, num_generations)
         scores = pred_a.ravel().copy()

@@ -47,6 +47,14 @@ pub enum Error {
     /// Group labels are inconsistent with the other inputs.
     #[error("`{arg}`: {msg}")]
     Groups { arg: &'static str, msg: String },
+    /// A result overflows because an argument is too large in magnitude.
+    #[error("`{arg}` is too large: {what} at index {index} overflows to {value}")]
+    Overflow {
+        arg: &'static str,
+        what: &'static str,
+        index: usize,
+        value: f64,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -61,7 +69,8 @@ impl Error {
             | Error::OutOfRange { arg, .. }
             | Error::Parameter { arg, .. }
             | Error::TooFew { arg, .. }
-            | Error::Groups { arg, .. } => arg,
+            | Error::Groups { arg, .. }
+            | Error::Overflow { arg, .. } => arg,
         }
     }
 }

@@ -278,8 +278,24 @@ pub fn rank_reward(
     Ok(groups.scatter(rank_reward_grouped(&grouped, gt, groups, gamma, ties)))
 }
 
+/// Groups whose largest |reward| exceeds this are scaled down by a power of two before their
+/// statistics: squared deviations of rewards near 1e154 would overflow, and the sums of huge rewards
+/// even sooner. Below it every product and sum is finite for any group size, so the arithmetic runs
+/// unscaled. (2^480 keeps `k · (2 · 2^480)²` finite for up to 2^40 members.)
+const SCALE_ABOVE: f64 = f64::from_bits((1023 + 480) << 52);
+
+/// `2^exponent` for exponents of normal numbers (−1022..=1023).
+fn pow2(exponent: i32) -> f64 {
+    debug_assert!((-1022..=1023).contains(&exponent));
+    f64::from_bits(((exponent + 1023) as u64) << 52)
+}
+
 /// Group-relative advantages, Eq. 9: `(r − mean(R_i)) / (std(R_i) + 1e-4)` with the unbiased
 /// standard deviation over each group's rewards; 0 for groups of one.
+///
+/// Any finite rewards work: a group whose rewards are too large to square is computed on rewards
+/// scaled by a power of two (with the 1e-4 scaled alike), which is exact, so its advantages are
+/// those of the formula rather than 0 or NaN. Other groups are computed unscaled.
 pub fn group_advantages(rewards: &[f64], groups: &Groups) -> Result<Vec<f64>> {
     groups.check_len("rewards", rewards.len())?;
     if let Some(index) = rewards.iter().position(|v| !v.is_finite()) {
@@ -296,18 +312,27 @@ pub fn group_advantages(rewards: &[f64], groups: &Groups) -> Result<Vec<f64>> {
         if k < 2 {
             continue;
         }
+        let largest = members
+            .iter()
+            .fold(0.0f64, |acc, &m| acc.max(rewards[m].abs()));
+        let scale = if largest > SCALE_ABOVE {
+            // Brings the largest |reward| into [2^10, 2^11): far from overflow, and the scale
+            // itself stays a normal number (largest < 2^1024).
+            let exponent = ((largest.to_bits() >> 52) & 0x7ff) as i32 - 1023;
+            pow2(10 - exponent)
+        } else {
+            1.0
+        };
+        let r = |m: usize| rewards[m] * scale;
         // Mean as first + mean offset: exact for equal rewards, so a constant group gets
         // advantages of exactly 0 rather than ±1 ulp / 1e-4.
-        let first = rewards[members[0]];
-        let offset: f64 = members.iter().map(|&m| rewards[m] - first).sum::<f64>() / k as f64;
+        let first = r(members[0]);
+        let offset: f64 = members.iter().map(|&m| r(m) - first).sum::<f64>() / k as f64;
         let mean = first + offset;
-        let ss: f64 = members
-            .iter()
-            .map(|&m| (rewards[m] - mean) * (rewards[m] - mean))
-            .sum();
-        let denom = (ss / (k - 1) as f64).sqrt() + ADVANTAGE_EPS;
+        let ss: f64 = members.iter().map(|&m| (r(m) - mean) * (r(m) - mean)).sum();
+        let denom = (ss / (k - 1) as f64).sqrt() + ADVANTAGE_EPS * scale;
         for &m in members {
-            out[m] = (rewards[m] - mean) / denom;
+            out[m] = (r(m) - mean) / denom;
         }
     }
     Ok(out)
@@ -333,6 +358,13 @@ pub fn rapo(
     check_ground_truth(gt)?;
     if let Some(f) = format {
         groups.check_len("format", f.len())?;
+        if let Some(index) = f.iter().position(|v| !v.is_finite()) {
+            return Err(Error::NonFinite {
+                arg: "format",
+                index,
+                value: f[index],
+            });
+        }
     } else if config.weights.format != 0.0 {
         return Err(Error::Parameter {
             arg: "weights.format",
@@ -385,6 +417,16 @@ pub fn rapo(
             ((w.rank * rank[m] + w.abs * abs[m]) + w.binary * binary[m]) + w.format * format[m]
         })
         .collect();
+    // Every component is bounded (by 1, or 1 + eps), so only large weights (with a large eps)
+    // overflow; left to `group_advantages` it would blame `rewards`, which the caller never gave.
+    if let Some(index) = total.iter().position(|v| !v.is_finite()) {
+        return Err(Error::Overflow {
+            arg: "weights",
+            what: "the weighted total reward (Eq. 7)",
+            index,
+            value: total[index],
+        });
+    }
     let advantages = group_advantages(&total, groups)?;
     Ok(RapoOutput {
         total,
@@ -395,4 +437,89 @@ pub fn rapo(
         advantages,
         num_unparseable: pred.iter().filter(|v| v.is_nan()).count(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::f64::consts::FRAC_1_SQRT_2;
+
+    #[test]
+    fn advantages_of_rewards_too_large_to_square() {
+        let groups = Groups::uniform(2, 2).unwrap();
+        for big in [1e200, 1e308, f64::MAX] {
+            let got = group_advantages(&[big, -big, 2.0, 3.0], &groups).unwrap();
+            for (g, want) in got.iter().zip([FRAC_1_SQRT_2, -FRAC_1_SQRT_2]) {
+                assert!((g - want).abs() < 1e-15, "{big:e}: got {got:?}");
+            }
+            // The ordinary group is untouched by the other one's scaling.
+            assert_eq!(
+                &got[2..],
+                &group_advantages(&[2.0, 3.0], &Groups::uniform(1, 2).unwrap()).unwrap()[..]
+            );
+        }
+        // Equal huge rewards: exactly 0, as for any constant group.
+        let got = group_advantages(&[1e300; 3], &Groups::uniform(1, 3).unwrap()).unwrap();
+        assert!(got.iter().all(|&v| v == 0.0), "{got:?}");
+    }
+
+    #[test]
+    fn huge_weights_scale_the_total_not_the_advantages() {
+        let (pred, gt) = ([0.1, 0.9, 0.5, 0.45], [0.2, 0.6]);
+        let groups = Groups::uniform(2, 2).unwrap();
+        let with = |w: f64| {
+            let config = RewardConfig {
+                weights: Weights {
+                    rank: w,
+                    abs: w,
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            rapo(&pred, &gt, &groups, &config, None)
+        };
+        let unit = with(1.0).unwrap();
+        let huge = with(1e200).unwrap();
+        for (a, b) in huge.advantages.iter().zip(&unit.advantages) {
+            // Only the 1e-4 of Eq. 9 weighs less next to a 1e200-times larger spread.
+            assert!(
+                a.abs() > 0.5 && (a - b).abs() < 1e-3,
+                "{:?} vs {:?}",
+                huge.advantages,
+                unit.advantages
+            );
+        }
+        // Perfect predictions: rank + abs ≈ 2, so 1e308·2 overflows.
+        let config = RewardConfig {
+            weights: Weights {
+                rank: 1e308,
+                abs: 1e308,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let err = rapo(&[0.2, 0.2, 0.6, 0.6], &gt, &groups, &config, None).unwrap_err();
+        assert_eq!(err.arg(), "weights");
+        assert!(err.to_string().contains("total reward"), "{err}");
+    }
+
+    #[test]
+    fn non_finite_format_is_an_error_naming_format() {
+        let config = RewardConfig {
+            weights: Weights {
+                format: 1.0,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let err = rapo(
+            &[0.5, 0.5],
+            &[0.5],
+            &Groups::uniform(1, 2).unwrap(),
+            &config,
+            Some(&[1.0, f64::NAN]),
+        )
+        .unwrap_err();
+        assert_eq!(err.arg(), "format");
+    }
 }

@@ -73,6 +73,11 @@ fn rank_ref(pred: &[f64], gt: &[f64], k: usize, gamma: f64, ties: Ties) -> Vec<f
 }
 
 fn advantages_ref(r: &[f64], k: usize) -> Vec<f64> {
+    advantages_ref_eps(r, k, 1e-4)
+}
+
+/// Eq. 9 with `eps` in place of 1e-4.
+fn advantages_ref_eps(r: &[f64], k: usize, eps: f64) -> Vec<f64> {
     let mut out = vec![0.0; r.len()];
     if k < 2 {
         return out;
@@ -82,7 +87,7 @@ fn advantages_ref(r: &[f64], k: usize) -> Vec<f64> {
         let std =
             (row.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / (k - 1) as f64).sqrt();
         for (x, v) in o.iter_mut().zip(row) {
-            *x = (v - mean) / (std + 1e-4);
+            *x = (v - mean) / (std + eps);
         }
     }
     out
@@ -188,6 +193,19 @@ proptest! {
         // The element-wise functions agree with the batch.
         prop_assert_eq!(abs_reward(&pred, &gt_item, 0.1, 1e-5).unwrap(), out.abs);
         prop_assert_eq!(binary_reward(&pred, &gt_item, 0.1).unwrap(), out.binary);
+    }
+
+    /// Rewards far too large to square: Eq. 9 is invariant under r -> r·2^j with 1e-4 -> 1e-4·2^-j,
+    /// and both sides are exact power-of-two rescalings, so the results agree bit for bit.
+    #[test]
+    fn huge_advantages_are_exact_rescalings(k in 2usize..8, j in 400i32..=1000, rows in prop::collection::vec(prop::collection::vec(-5.0..5.0f64, 8), 1..10)) {
+        let r: Vec<f64> = rows.iter().flat_map(|row| row[..k].to_vec()).collect();
+        let scale = 2f64.powi(j);
+        let big: Vec<f64> = r.iter().map(|v| v * scale).collect();
+        let got = group_advantages(&big, &Groups::uniform(rows.len(), k).unwrap()).unwrap();
+        let want = advantages_ref_eps(&r, k, 1e-4 / scale);
+        let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        prop_assert_eq!(bits(&got), bits(&want), "got {:?}, want {:?}", got, want);
     }
 
     #[test]

@@ -82,8 +82,27 @@ fn groups(
     }
 }
 
+/// A completion's text: borrowed from Python when it is valid Unicode, else a lossy copy.
+enum Text {
+    Borrowed(PyBackedStr),
+    Lossy(String),
+}
+
+impl AsRef<str> for Text {
+    fn as_ref(&self) -> &str {
+        match self {
+            Text::Borrowed(s) => s,
+            Text::Lossy(s) => s,
+        }
+    }
+}
+
 /// Extracts a sequence of `str`, naming the first element that is not one.
-fn strings(arg: &str, seq: &Bound<'_, PyAny>) -> PyResult<Vec<PyBackedStr>> {
+///
+/// A `str` with lone surrogates (a bad decode upstream) has no UTF-8 form; it is read with each
+/// surrogate as U+FFFD. Tags and numbers are ASCII, so the text parses as Python's `re` would
+/// read the original, where a surrogate is just another non-tag character.
+fn strings(arg: &str, seq: &Bound<'_, PyAny>) -> PyResult<Vec<Text>> {
     if seq.is_instance_of::<PyString>() {
         return Err(PyTypeError::new_err(format!(
             "`{arg}` must be a sequence of str, not a single str"
@@ -105,7 +124,10 @@ fn strings(arg: &str, seq: &Bound<'_, PyAny>) -> PyResult<Vec<PyBackedStr>> {
                 type_name(&item)
             ))
         })?;
-        out.push(s.extract::<PyBackedStr>()?);
+        out.push(match s.extract::<PyBackedStr>() {
+            Ok(text) => Text::Borrowed(text),
+            Err(_) => Text::Lossy(s.to_string_lossy().into_owned()),
+        });
     }
     Ok(out)
 }
