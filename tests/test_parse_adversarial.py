@@ -275,3 +275,25 @@ def test_template_judge_word_checks_are_linear(text):
     # critique that repeats one is model output too.
     assert within_bound(verdict_band, text) == "good"
     assert within_bound(contradictions, text.replace("good", "circle"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Score labels of generic datasets: "<answer>…</answer>" text (the last block) or a bare number.
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["<answer>", "</answer>", "0.5", " ", "x", "\n"]), max_size=24).map("".join))
+def test_last_answer_matches_findall(text):
+    from aesr1.data.formats.generic import _last_answer
+
+    found = re.findall(r"<answer>(.*?)</answer>", text, flags=re.DOTALL)
+    assert _last_answer(text) == (found[-1] if found else None)
+
+
+def test_label_answers_parse_in_linear_time():
+    from aesr1.data.formats.generic import _last_answer
+
+    for text in ("<answer>" * (N // 8), "<answer>0.5</answer>" + "<answer>" * (N // 8)):
+        started = time.perf_counter()
+        _last_answer(text)
+        assert time.perf_counter() - started < TIME_BOUND_S

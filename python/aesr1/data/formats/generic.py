@@ -10,7 +10,6 @@ the split; otherwise the seeded 9:1 split applies (``split="all"`` takes the who
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,6 @@ from aesr1.data.formats.base import (
 )
 from aesr1.data.normalization import ScoreRange, parse_score_range
 
-_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "validation": "val", "test": "test"}
 
 
@@ -94,6 +92,19 @@ def _first_image(dataset: str, value: Any, where: str) -> str:
     return value
 
 
+def _last_answer(text: str) -> str | None:
+    """Content of the last ``<answer>…</answer>`` block, as ``re.findall(r"<answer>(.*?)</answer>")``
+    would find it; `str.find` keeps it linear in the text (the lazy regex is quadratic when opening
+    tags repeat without a closing one)."""
+    last, position = None, 0
+    while (start := text.find("<answer>", position)) != -1:
+        end = text.find("</answer>", start + len("<answer>"))
+        if end == -1:
+            break
+        last, position = text[start + len("<answer>") : end], end + len("</answer>")
+    return last
+
+
 def _number_in(text: Any, where: str) -> float:
     """A score from an answer: a number, or text whose last <answer>...</answer> (or itself) is one."""
     if isinstance(text, (int, float)) and not isinstance(text, bool):
@@ -102,8 +113,8 @@ def _number_in(text: Any, where: str) -> float:
         text = "".join(part.get("text", "") for part in text if isinstance(part, dict))
     if not isinstance(text, str):
         raise ValueError(f"answer at {where} is not text: {text!r}")
-    answers = _ANSWER.findall(text)
-    return parse_float((answers[-1] if answers else text).strip(), where)
+    answer = _last_answer(text)
+    return parse_float((text if answer is None else answer).strip(), where)
 
 
 def read_table(root: Path, split: str, options: dict[str, Any], dataset: str = "csv") -> ReadResult:
