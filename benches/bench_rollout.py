@@ -159,7 +159,8 @@ def synthetic_prompts(config, workload: Workload, device, dtype, seed: int = 0) 
     before = text_tokens // 2
     rows = []
     for _ in range(workload.rows):
-        text = torch.randint(0, min(config.bos_token_id, 151000), (text_tokens,), generator=generator)
+        bos = config.get_text_config().bos_token_id  # not on 5.17's top-level config
+        text = torch.randint(0, min(bos, 151000), (text_tokens,), generator=generator)
         rows.append(torch.cat([
             text[:before], torch.tensor([config.vision_start_token_id]),
             torch.full((image_tokens,), config.image_token_id), torch.tensor([config.vision_end_token_id]),

@@ -405,9 +405,10 @@ class Setup:
         finally:
             torch.set_default_dtype(previous)
         generation = model.generation_config
-        generation.eos_token_id = config.eos_token_id
-        generation.pad_token_id = config.pad_token_id
-        generation.bos_token_id = config.bos_token_id
+        text_config = config.get_text_config()  # transformers 5.17's top-level config has no token ids
+        generation.eos_token_id = text_config.eos_token_id
+        generation.pad_token_id = text_config.pad_token_id
+        generation.bos_token_id = text_config.bos_token_id
         return model
 
     def _sft_rows(self) -> list[dict[str, Any]]:

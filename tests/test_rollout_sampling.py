@@ -108,8 +108,15 @@ def test_process_logits_equals_transformers_processors(params, seed):
         seen[row, input_ids[row, count:]] = True
     processors = LogitsProcessorList()
     if params.repetition_penalty != 1.0:
+        # per row: transformers 5.17 takes one int prompt_ignore_length, later releases a tensor too
+        penalties = [
+            RepetitionPenaltyLogitsProcessor(params.repetition_penalty, prompt_ignore_length=count)
+            for count in padding.tolist()
+        ]
         processors.append(
-            RepetitionPenaltyLogitsProcessor(params.repetition_penalty, prompt_ignore_length=padding)
+            lambda ids, scores: torch.cat(
+                [p(ids[r : r + 1], scores[r : r + 1]) for r, p in enumerate(penalties)], dim=0
+            )
         )
     if params.suppress_tokens:
         processors.append(SuppressTokensLogitsProcessor(list(params.suppress_tokens), device="cpu"))
