@@ -219,6 +219,25 @@ def test_kill_and_resume_gives_identical_state(trained, items, tmp_path):
     assert [r["loss"] for r in read_metrics(killed_dir / "rapo_metrics.jsonl") if "loss" in r] == reference
 
 
+def test_kill_before_the_first_checkpoint_logs_each_step_once(trained, items, tmp_path):
+    config = config_from_dict({"save_interval": 100}, small_config(tmp_path, max_steps=4))
+    killed = make_trainer(config, trained, items, tmp_path)
+    original = killed.generate_round
+
+    def dies_in_round_one(round_index):
+        if round_index == 1:
+            raise _Killed
+        return original(round_index)
+
+    killed.generate_round = dies_in_round_one
+    with pytest.raises(_Killed):
+        killed.train()
+    assert killed.latest_checkpoint() is None
+    del killed
+    make_trainer(config, trained, items, tmp_path).train(resume=True)
+    assert [r["step"] for r in read_metrics(tmp_path / "rapo_metrics.jsonl")] == [1, 2, 3, 4]
+
+
 def test_bad_trainer_input(trained, items, tmp_path):
     config = small_config(tmp_path, mini_batch_size=8, steps_per_generation=4)
     with pytest.raises(ValueError, match="images_per_generation"):

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import math
 import random
-import shutil
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -472,15 +471,23 @@ class RAPOTrainer:
         return self.output_dir
 
     def save_checkpoint(self) -> Path:
+        """`checkpoint-<step>`, written under a temporary name and renamed when complete, so a kill
+        mid-save leaves the previous checkpoint as the latest."""
+        from aesr1.train.durable import publish_dir, remove_tree, staging_path
+
         acc = self.accelerator
         path = self.checkpoint_root / f"checkpoint-{self.position.step}"
-        acc.wait_for_everyone()
-        acc.save_state(str(path))
+        staged = staging_path(path)
         acc.wait_for_everyone()
         if acc.is_main_process:
-            (path / "COMPLETE").write_text(str(self.position.step))  # a kill mid-save leaves no COMPLETE
+            remove_tree(staged)
+        acc.wait_for_everyone()
+        acc.save_state(str(staged))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            publish_dir(staged, path)
             for old in list_checkpoints(self.checkpoint_root)[: -self.config.save_total_limit]:
-                shutil.rmtree(old, ignore_errors=True)
+                remove_tree(old)
         acc.wait_for_everyone()
         return path
 
@@ -497,12 +504,20 @@ class RAPOTrainer:
     def train(self, resume: bool | str | Path = False) -> dict[str, Any]:
         """Run (or, with `resume`, continue) RAPO; returns the last logged metrics."""
         acc = self.accelerator
+        if acc.is_main_process:
+            from aesr1.train.durable import clear_leftovers
+
+            clear_leftovers(self.checkpoint_root)
+        acc.wait_for_everyone()
+        path = None
         if resume:
             path = self.latest_checkpoint() if resume is True else Path(resume)
-            if path is not None:
-                self.load_checkpoint(path)
-                if acc.is_main_process:
-                    print(f"[rapo] resumed from {path} at step {self.position.step}")
+        if path is not None:
+            self.load_checkpoint(path)
+            if acc.is_main_process:
+                print(f"[rapo] resumed from {path} at step {self.position.step}")
+        else:  # from step 0: the rows of a run killed before its first checkpoint are retrained
+            self.logger.truncate_after(0)
         bar = None
         if self.config.progress and acc.is_main_process:
             import sys
@@ -560,14 +575,20 @@ class RAPOTrainer:
         return (step // interval + 1) * interval
 
     def save_model(self, path: str | Path) -> None:
-        """The trained policy as a `from_pretrained` directory (with its processor)."""
+        """The trained policy as a `from_pretrained` directory (with its processor), published whole
+        with a `COMPLETE` marker (`aesr1.train.durable`)."""
+        from aesr1.train.durable import publish_dir, remove_tree, staging_path
+
         acc = self.accelerator
+        staged = staging_path(path)
         acc.wait_for_everyone()
         unwrapped = acc.unwrap_model(self.model)
         state = acc.get_state_dict(self.model)
         if acc.is_main_process:
-            unwrapped.save_pretrained(str(path), state_dict=state)
-            self.processor.save_pretrained(str(path))
+            remove_tree(staged)
+            unwrapped.save_pretrained(str(staged), state_dict=state)
+            self.processor.save_pretrained(str(staged))
+            publish_dir(staged, path)
         acc.wait_for_everyone()
 
     def close(self) -> None:

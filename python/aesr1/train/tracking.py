@@ -1,6 +1,7 @@
 """Step logging: one JSONL line per logged step, TensorBoard scalars, and a console summary.
 
-Only the main process writes. On resume the JSONL file is cut back to the checkpoint's step so a
+Only the main process writes. On resume the JSONL file is cut back to the checkpoint's step (to
+nothing when no checkpoint was reached) and TensorBoard hides the killed run's later events, so a
 killed run leaves no duplicate steps behind.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,27 +38,41 @@ class MetricsLogger:
         self.enabled = enabled
         self.path = Path(log_dir) / f"{stage}_metrics.jsonl"
         self._writer = None
+        self._tensorboard = enabled and tensorboard
+        self._tensorboard_dir = Path(log_dir) / "tensorboard" / stage
+        self._purge_step: int | None = None
         self._start = time.time()
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            if tensorboard:
-                from torch.utils.tensorboard import SummaryWriter
 
-                self._writer = SummaryWriter(log_dir=str(Path(log_dir) / "tensorboard" / stage))
-
-    def truncate_after(self, step: int) -> None:
-        """Drop records of steps after `step` (written by a run that was killed after its checkpoint)."""
-        if not self.enabled or not self.path.exists():
+    def truncate_after(self, step: int, *, also: Callable[[dict[str, Any]], bool] | None = None) -> None:
+        """Drop records of steps after `step`: written by a run that was killed after its last
+        checkpoint (or before any, with `step` 0), they are logged again by the resumed run.
+        `also` names further records to drop (ones logged after the checkpoint of their step)."""
+        if not self.enabled:
             return
+        # The writer opens lazily so that it can hide the killed run's events from this step on.
+        self._purge_step = step + 1
+        if not self.path.exists():
+            return
+        from aesr1.train.durable import atomic_write_text
+
         kept = []
         for line in self.path.read_text(encoding="utf-8").splitlines():
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut by the kill
-            if record.get("step", 0) <= step:
+            if record.get("step", 0) <= step and not (also is not None and also(record)):
                 kept.append(line)
-        self.path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+        atomic_write_text(self.path, "".join(f"{line}\n" for line in kept))
+
+    def _tensorboard_writer(self):
+        if self._writer is None and self._tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=str(self._tensorboard_dir), purge_step=self._purge_step)
+        return self._writer
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         if not self.enabled:
@@ -65,11 +81,12 @@ class MetricsLogger:
         record.update({key: _clean(value) for key, value in metrics.items()})
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
-        if self._writer is not None:
+        writer = self._tensorboard_writer()
+        if writer is not None:
             for key, value in record.items():
                 if key in ("stage", "step", "time") or not isinstance(value, (int, float)):
                     continue
-                self._writer.add_scalar(f"{self.stage}/{key}", value, step)
+                writer.add_scalar(f"{self.stage}/{key}", value, step)
 
     def flush(self) -> None:
         if self._writer is not None:
