@@ -79,3 +79,13 @@ def test_check_leakage_with_an_unreadable_path(tmp_path, capsys, kind):
     assert cli_main(["check-leakage", "--file", str(path)]) == 2
     line = error_line(capsys)
     assert str(path) in line and ("No such file" in line if kind == "missing" else "Is a directory" in line)
+
+
+def test_build_into_a_path_under_a_regular_file_is_one_error_line(tmp_path, capsys):
+    (tmp_path / "file").write_text("not a folder")
+    out = tmp_path / "file" / "o.jsonl"
+    data = f"synthetic:{tmp_path / 'syn'}?n=4&image_size=32"
+    code = cli_main(["build", "--data", data, "--expert", "template", "--out", str(out)])
+    line = error_line(capsys)
+    assert code == 2 and f"{tmp_path / 'file'}" in line and "Errno" not in line
+    assert "Not a directory" in line or "File exists" in line

@@ -341,7 +341,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _build(args) if args.command == "build" else _check_leakage(args)
-    except (ValueError, TypeError, OSError) as error:
+    except OSError as error:
+        from aesr1.jsonio import os_error_message
+
+        print(f"error: {os_error_message(error)}", file=sys.stderr)
+        return 2
+    except (ValueError, TypeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except (ChatFatalError, RuntimeError) as error:
