@@ -26,9 +26,9 @@ def tiny(rows):
     return build_tiny_model(0, vocab_corpus=[r["completion"] for r in rows])
 
 
-def sft_config(tmp_path, **sft):
+def sft_config(tmp_path, save_interval=2, **sft):
     return config_from_dict({
-        "output_dir": str(tmp_path), "progress": False, "tensorboard": False, "save_interval": 2,
+        "output_dir": str(tmp_path), "progress": False, "tensorboard": False, "save_interval": save_interval,
         "sft": {"epochs": 3, "learning_rate": 5e-3, "global_batch_size": 8, "micro_batch_size": 4,
                 "warmup_ratio": 0.0, "lr_scheduler": "constant", **sft},
     })  # fmt: skip
@@ -57,6 +57,53 @@ def test_sft_resume_continues_from_checkpoint(rows, tmp_path):
     assert trainer.state.global_step == 4
     steps = [r["step"] for r in read_metrics(tmp_path / "sft" / "sft_metrics.jsonl") if "loss" in r]
     assert steps == [1, 2, 3, 4]
+
+
+class _Killed(Exception):
+    pass
+
+
+def _dies_after_step(step: int):
+    from transformers import TrainerCallback
+
+    class Dies(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == step:  # before the step is logged or checkpointed
+                raise _Killed
+
+    return Dies()
+
+
+def _steps(path):
+    drop = {"time", "train_runtime", "train_samples_per_second", "train_steps_per_second", "train_loss"}
+    return [{k: v for k, v in r.items() if k not in drop} for r in read_metrics(path)]
+
+
+def test_sft_killed_anywhere_resumes_bit_identically(rows, tmp_path):
+    """Killed before the first checkpoint, then mid-epoch after it: each step is logged once, and
+    every row (loss, grad norm, token count ...) and the final weights equal an uninterrupted run."""
+    from safetensors.torch import load_file
+
+    def run(directory, **kwargs):
+        model, processor = tiny(rows)
+        config = sft_config(directory, save_interval=3, lr_scheduler="linear", epochs=2)  # 4 steps
+        return run_sft(config, model, processor, rows, directory / "sft", **kwargs)
+
+    run(tmp_path / "full")
+    killed = tmp_path / "killed"
+    with pytest.raises(_Killed):
+        run(killed, callbacks=[_dies_after_step(2)])  # no checkpoint yet (save_interval 3)
+    with pytest.raises(_Killed):
+        run(killed, resume=True, callbacks=[_dies_after_step(4)])  # after checkpoint-3, mid-epoch
+    assert [r["step"] for r in read_metrics(killed / "sft" / "sft_metrics.jsonl")] == [1, 2, 3]
+    run(killed, resume=True)
+
+    assert _steps(killed / "sft" / "sft_metrics.jsonl") == _steps(
+        tmp_path / "full" / "sft" / "sft_metrics.jsonl"
+    )
+    ours = load_file(killed / "sft" / "final" / "model.safetensors")
+    theirs = load_file(tmp_path / "full" / "sft" / "final" / "model.safetensors")
+    assert all(ours[name].equal(theirs[name]) for name in theirs)
 
 
 @pytest.mark.parametrize("name", ["table3_sft1", "table3_sft2", "table3_sft10"])

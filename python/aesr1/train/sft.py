@@ -6,6 +6,12 @@ layout RAPO uses), passed to `SFTTrainer` as its data collator, so trl and trans
 optimisation, gradient accumulation, distributed launch, TensorBoard, checkpoints and `--resume`
 (model, optimiser, scheduler, RNG and data position). Every log line also goes to
 `sft_metrics.jsonl`.
+
+`ResumableSFTTrainer` makes that resume exact: checkpoints are written to a temporary sibling and
+renamed into place with a `COMPLETE` marker (a kill mid-save leaves the previous checkpoint usable),
+the model weights of a checkpoint are loaded with their key conversion (transformers' plain
+`load_state_dict` silently loads nothing for Qwen2.5-VL, whose saved key names differ from the
+module names), and trl's running token count travels with the checkpoint.
 """
 
 from __future__ import annotations
@@ -79,11 +85,121 @@ def _jsonl_callback(logger: MetricsLogger):
     return JsonlCallback()
 
 
+#: Trainer state transformers does not checkpoint, saved beside `trainer_state.json`.
+EXTRA_STATE = "aesr1_sft_state.json"
+
+
+def list_checkpoints(directory: str | Path) -> list[Path]:
+    """The complete `checkpoint-<step>` directories under `directory`, oldest first."""
+    from aesr1.train.durable import is_complete
+
+    found = [p for p in Path(directory).glob("checkpoint-*") if p.is_dir() and is_complete(p)]
+    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+
+
+_TRAINER_CLASS = None
+
+
+def resumable_trainer_class():
+    """`trl.SFTTrainer` with atomic checkpoints and an exact resume (see the module docstring)."""
+    global _TRAINER_CLASS
+    if _TRAINER_CLASS is not None:
+        return _TRAINER_CLASS
+    from trl import SFTTrainer
+
+    from aesr1.train.durable import atomic_write_text, clear_leftovers, publish_dir, remove_tree, staging_path
+
+    class ResumableSFTTrainer(SFTTrainer):
+        def __init__(self, *args, keep_checkpoints: int, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.keep_checkpoints = keep_checkpoints
+            self._staging = False
+
+        @property
+        def checkpoint_root(self) -> Path:
+            return Path(self.args.output_dir)
+
+        def _get_output_dir(self, trial) -> str:
+            # Every process must agree on the staging path: it is derived, not random.
+            if self._staging:
+                return str(staging_path(self.checkpoint_root / "checkpoints"))
+            return super()._get_output_dir(trial)
+
+        def _save_checkpoint(self, model, trial) -> None:
+            root = self.checkpoint_root
+            staged_root = staging_path(root / "checkpoints")
+            name = f"checkpoint-{self.state.global_step}"
+            if self.args.should_save:
+                remove_tree(staged_root)
+            self.accelerator.wait_for_everyone()
+            self._staging = True
+            try:
+                super()._save_checkpoint(model, trial)
+            finally:
+                self._staging = False
+            self.accelerator.wait_for_everyone()
+            if self.args.should_save:
+                extra = {"total_train_tokens": getattr(self, "_total_train_tokens", 0)}
+                atomic_write_text(staged_root / name / EXTRA_STATE, json.dumps(extra))
+                publish_dir(staged_root / name, root / name)
+                remove_tree(staged_root)
+                # transformers' own rotation is off (it would count incomplete checkpoints)
+                for old in list_checkpoints(root)[: -self.keep_checkpoints]:
+                    remove_tree(old)
+            self.accelerator.wait_for_everyone()
+
+        def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+            target = self.model if model is None else model
+            names = ("model.safetensors", "model.safetensors.index.json")
+            safetensors = any((Path(resume_from_checkpoint) / name).is_file() for name in names)
+            if self.is_deepspeed_enabled or self.is_fsdp_enabled or not safetensors:
+                super()._load_from_checkpoint(resume_from_checkpoint, model)
+            else:
+                # from_pretrained applies the checkpoint-to-module key conversion that
+                # load_state_dict lacks; strict, so a mismatch fails instead of training on.
+                unwrapped = self.accelerator.unwrap_model(target)
+                dtype = next(unwrapped.parameters()).dtype
+                saved = type(unwrapped).from_pretrained(
+                    resume_from_checkpoint, dtype=dtype, local_files_only=True
+                )
+                unwrapped.load_state_dict(saved.state_dict(), strict=True)
+                del saved
+
+        def restore_extra_state(self, checkpoint: Path) -> None:
+            extra = checkpoint / EXTRA_STATE
+            if extra.is_file() and hasattr(self, "_total_train_tokens"):
+                self._total_train_tokens = json.loads(extra.read_text())["total_train_tokens"]
+
+        def clear_leftovers(self) -> None:
+            if self.args.should_save:
+                clear_leftovers(self.checkpoint_root)
+            self.accelerator.wait_for_everyone()
+
+    _TRAINER_CLASS = ResumableSFTTrainer
+    return ResumableSFTTrainer
+
+
 def sft_steps(config: TrainConfig, num_rows: int, world_size: int = 1) -> int:
     """Optimiser steps of the SFT stage (as transformers counts them)."""
     sft = config.sft
     steps = math.ceil(num_rows / sft.global_batch_size * sft.epochs) if sft.epochs > 0 else 0
     return steps if sft.max_steps is None else min(steps, sft.max_steps)
+
+
+def save_final(trainer, processor, final: Path) -> None:
+    """The fine-tuned model as a `from_pretrained` directory, published whole (see `durable`)."""
+    from aesr1.train.durable import publish_dir, remove_tree, staging_path
+
+    staged = staging_path(final)
+    if trainer.is_world_process_zero():
+        remove_tree(staged)
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(staged))  # collective under DeepSpeed ZeRO-3
+    trainer.accelerator.wait_for_everyone()
+    if trainer.is_world_process_zero():
+        processor.save_pretrained(str(staged))
+        publish_dir(staged, final)
+    trainer.accelerator.wait_for_everyone()
 
 
 def run_sft(
@@ -102,7 +218,6 @@ def run_sft(
     """
     from datasets import Dataset
     from trl import SFTConfig as TrlSFTConfig
-    from trl import SFTTrainer
 
     from aesr1.modeling.freeze import freeze_vision
     from aesr1.train.distributed import sft_deepspeed_config
@@ -135,7 +250,7 @@ def run_sft(
         logging_steps=config.log_interval,
         save_strategy="steps",
         save_steps=config.save_interval,
-        save_total_limit=config.save_total_limit,
+        save_total_limit=None,  # ResumableSFTTrainer rotates complete checkpoints only
         report_to=["tensorboard"] if config.tensorboard else [],
         use_cpu=not on_gpu,
         bf16=on_gpu and dtype == "bfloat16",
@@ -158,28 +273,30 @@ def run_sft(
     # transformers 5 reads the TensorBoard directory from the environment only.
     os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(output_dir / "tensorboard" / "sft"))
     logger = MetricsLogger(output_dir, "sft", enabled=True, tensorboard=False)
-    trainer = SFTTrainer(
+    trainer = resumable_trainer_class()(
         model=model,
         args=args,
         train_dataset=dataset,
         data_collator=ChatCollator(processor, sft.max_completion_length),
         processing_class=processor,
         callbacks=[_jsonl_callback(logger), *callbacks],
+        keep_checkpoints=config.save_total_limit,
     )
+    trainer.clear_leftovers()
     checkpoint = None
     if resume:
-        from transformers.trainer_utils import get_last_checkpoint
-
-        checkpoint = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
-        if checkpoint is not None:
-            step = int(Path(checkpoint).name.split("-")[-1])
-            if trainer.is_world_process_zero():
-                logger.truncate_after(step)
-                print(f"[sft] resuming from {checkpoint}")
-    trainer.train(resume_from_checkpoint=checkpoint)
-    final = output_dir / "final"
-    trainer.save_model(str(final))
+        found = list_checkpoints(output_dir)
+        checkpoint = found[-1] if found else None
+    step = int(checkpoint.name.split("-")[-1]) if checkpoint is not None else 0
     if trainer.is_world_process_zero():
-        processor.save_pretrained(str(final))
+        # Rows past the restored step (all of them when nothing is restored) are logged again, and
+        # so is the end-of-training summary (logged after the last checkpoint).
+        logger.truncate_after(step, also=lambda record: "train_runtime" in record)
+        if checkpoint is not None:
+            print(f"[sft] resuming from {checkpoint}")
+    if checkpoint is not None:
+        trainer.restore_extra_state(checkpoint)
+    trainer.train(resume_from_checkpoint=None if checkpoint is None else str(checkpoint))
+    save_final(trainer, processor, output_dir / "final")
     logger.close()
     return trainer
