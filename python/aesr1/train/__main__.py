@@ -30,7 +30,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output-dir", help="where checkpoints, logs, the table and the plot go")
     parser.add_argument("--seed", type=int, help="run seed")
     parser.add_argument(
-        "--resume", action="store_true", help="continue from the last checkpoint in --output-dir"
+        "--resume", action="store_true",
+        help="continue the run in --output-dir from its last checkpoint (with no settings given: its saved ones)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--overwrite", action="store_true", help="delete the run in --output-dir and start afresh"
     )
     parser.add_argument(
         "--stages", default="sft,rapo", help="comma-separated stages to run (default sft,rapo)"
@@ -83,6 +87,14 @@ def main(argv: list[str] | None = None) -> int:
         config, embedded = build_config(args)
         from accelerate.state import PartialState
 
+        from aesr1.train.pipeline import check_output_dir, saved_run_config
+
+        given = [args.config, args.model, args.data, args.cold_start, args.seed, args.set, args.deepspeed]
+        settled = not args.resume or any(g not in (None, []) for g in given)
+        saved = None if settled else saved_run_config(config)
+        if saved is not None:  # `--output-dir DIR --resume` alone continues DIR as it was started
+            config, embedded = saved, False
+
         if config.deepspeed is not None:
             from aesr1.train.distributed import ensure_process_group_env
 
@@ -91,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         from aesr1.train.pipeline import preflight
 
         preflight(config, PartialState(cpu=not torch.cuda.is_available()).num_processes)
+        check_output_dir(config, resume=args.resume, overwrite=args.overwrite, stages=stages)
     except (ValueError, TypeError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -104,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         print("[aesr1.train] embedded CPU default: synthetic data, tiny Qwen2.5-VL, AesCoT templates")
     try:
         check_writable(config.output_dir)  # before data and models, not at the first checkpoint
-        result = run_pipeline(config, resume=args.resume, stages=stages)
+        result = run_pipeline(config, resume=args.resume, overwrite=args.overwrite, stages=stages)
     except OSError as error:
         # Checkpoints and results written so far stay; --resume continues once the cause is fixed.
         where = "" if error.filename is not None else f" (output folder {config.output_dir})"

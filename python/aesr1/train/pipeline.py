@@ -2,6 +2,11 @@
 
 Each stage leaves its model in `<output_dir>/<stage>/final` and a row in `<output_dir>/results.json`;
 with `resume`, finished stages are skipped and an interrupted one continues from its last checkpoint.
+
+An output directory belongs to one configuration (its `config.json`, written first): a run refuses a
+non-empty directory unless it resumes that configuration or `overwrite` empties it first. Every file
+and directory a resume relies on is published atomically (`aesr1.train.durable`), and a stage counts
+as finished only when its `final/COMPLETE` marker exists.
 """
 
 from __future__ import annotations
@@ -18,6 +23,15 @@ import torch
 
 from aesr1.train.config import TrainConfig, validate_world_size
 from aesr1.train.distributed import is_deepspeed, make_rapo_accelerator
+from aesr1.train.durable import (
+    atomic_write_text,
+    clear_leftovers,
+    is_complete,
+    publish_dir,
+    publish_file,
+    remove_tree,
+    staging_path,
+)
 from aesr1.train.evaluation import HeldOutResult, evaluate_policy
 
 ROW_TITLES = {"untrained": "untrained", "sft": "after SFT", "rapo": "after RAPO"}
@@ -64,6 +78,147 @@ def preflight(config: TrainConfig, world_size: int = 1) -> None:
         read_deepspeed_config(config.deepspeed)
         if importlib.util.find_spec("deepspeed") is None:
             raise ValueError("--deepspeed needs DeepSpeed: pip install 'aesr1[deepspeed]'")
+
+
+#: Settings that may change between a run and its resume (they do not change what is computed).
+RESUME_FREE_KEYS = frozenset({"output_dir", "progress"})
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_differences(saved: dict[str, Any], current: TrainConfig) -> list[str]:
+    """`key: saved -> current` for every setting (outside `RESUME_FREE_KEYS`) that differs."""
+    absent = "<absent>"
+    old = _flatten(saved)
+    new = _flatten(json.loads(json.dumps(current.to_dict())))  # the JSON forms of both
+    return [
+        f"{key}: {old.get(key, absent)!r} -> {new.get(key, absent)!r}"
+        for key in sorted(set(old) | set(new))
+        if key not in RESUME_FREE_KEYS and old.get(key, absent) != new.get(key, absent)
+    ]
+
+
+def saved_run_config(config: TrainConfig) -> TrainConfig | None:
+    """The configuration `config.output_dir` was started with (None if it holds none), keeping this
+    invocation's `RESUME_FREE_KEYS`."""
+    from aesr1.train.config import config_from_dict
+
+    path = Path(config.output_dir) / "config.json"
+    if not path.is_file():
+        return None
+    values = json.loads(path.read_text())
+    values.update({key: getattr(config, key) for key in RESUME_FREE_KEYS})
+    return config_from_dict(values)
+
+
+def _input_paths(config: TrainConfig) -> list[Path]:
+    from aesr1.data import parse_data_spec
+
+    paths = [config.data.cold_start, config.model.name_or_path, config.deepspeed]
+    paths += [spec.root for spec in parse_data_spec(config.data.spec)]
+    return [Path(p).expanduser().resolve() for p in paths if p and Path(p).expanduser().exists()]
+
+
+def check_output_dir(
+    config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
+    stages: tuple[str, ...] = ("sft", "rapo"),
+) -> None:  # fmt: skip
+    """Refuse an output directory this run would mix its results with (reads only).
+
+    Empty or absent: any run. Holding a run (its `config.json`): `resume` with the same settings
+    (differing keys are named), or `overwrite`. Anything else is refused. RAPO without SFT in
+    `stages` needs the finished SFT model of this directory when the config has an SFT stage.
+    """
+    out = Path(config.output_dir)
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite exclude each other")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--output-dir {str(out)!r} is a file")
+    # Hidden entries are temporaries (an interrupted save, another process's write check).
+    holds = out.is_dir() and any(not entry.name.startswith(".") for entry in out.iterdir())
+    saved = out / "config.json"
+    if holds and not saved.is_file():
+        raise ValueError(
+            f"--output-dir {str(out)!r} is not empty and holds no config.json, so it is not a training run "
+            "this command wrote: choose another --output-dir"
+        )
+    if holds and overwrite:
+        inside = [p for p in _input_paths(config) if p.is_relative_to(out.resolve())]
+        if inside:
+            raise ValueError(
+                f"--overwrite would delete inputs of this run inside {str(out)!r}: {', '.join(map(str, inside))}"
+            )
+    elif holds and not resume:
+        raise ValueError(
+            f"--output-dir {str(out)!r} already holds a run: pass --resume to continue it (same settings), "
+            "or --overwrite to delete it and start afresh"
+        )
+    elif holds:
+        differences = config_differences(json.loads(saved.read_text()), config)
+        if differences:
+            shown = "; ".join(differences[:12]) + ("; ..." if len(differences) > 12 else "")
+            raise ValueError(
+                f"--resume: the settings differ from those {str(out)!r} was started with ({shown}); "
+                "resume with the same settings, or pass --overwrite to start afresh"
+            )
+    sft_final = out / "sft" / "final"
+    rapo_runs = "rapo" in stages and config.rapo.epochs > 0 and config.rapo.max_steps != 0
+    if (
+        rapo_runs
+        and "sft" not in stages
+        and config.sft.epochs > 0
+        and (overwrite or not is_complete(sft_final))
+    ):
+        raise ValueError(
+            f"--stages rapo: RAPO starts from the SFT model, and {str(sft_final)!r} holds no finished one; "
+            "run the sft stage first (add it to --stages), or set sft.epochs=0 to start RAPO from the base model"
+        )
+
+
+def _empty_directory(out: Path) -> None:
+    for entry in out.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            remove_tree(entry)
+        else:
+            entry.unlink()
+
+
+def _save_pretrained(model, processor, path: Path) -> None:
+    staged = staging_path(path)
+    remove_tree(staged)
+    model.save_pretrained(staged)
+    processor.save_pretrained(staged)
+    publish_dir(staged, path)
+
+
+def _cold_start_rows(config: TrainConfig, train, out: Path, is_main: bool) -> list[dict]:
+    """The SFT records; when built here (synthetic data), built once into a temporary directory and
+    published whole as `<output_dir>/aescot.jsonl`."""
+    from aesr1.train.data import cold_start_records
+    from aesr1.train.sft import read_cold_start
+
+    if config.data.cold_start is not None:
+        return cold_start_records(config, train, out)
+    path = out / "aescot.jsonl"
+    if is_main and not path.is_file():
+        staged = staging_path(out / "aescot")
+        remove_tree(staged)
+        staged.mkdir()
+        cold_start_records(config, train, staged)
+        for side in staged.iterdir():  # side files first: aescot.jsonl appearing means all are there
+            if side.name != path.name and side.suffix != ".lock":
+                publish_file(side, out / side.name)
+        publish_file(staged / path.name, path)
+        remove_tree(staged)
+    return read_cold_start(path)
 
 
 def build_model(config: TrainConfig, corpus: list[str]):
@@ -139,16 +294,19 @@ def plot_distributions(results: dict[str, HeldOutResult], path: Path) -> Path:
     axis.legend(frameon=False, fontsize=7)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
+    staged = staging_path(path)
+    figure.savefig(staged, dpi=120, format="png")
     plt.close(figure)
+    publish_file(staged, path)
     return path
 
 
 class _Results:
     """`results.json`: one row per evaluated stage, so a resumed run does not evaluate again."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, write: bool) -> None:
         self.path = path
+        self.write = write
         self.rows: dict[str, dict[str, Any]] = json.loads(path.read_text()) if path.exists() else {}
 
     def save(self, key: str, result: HeldOutResult) -> None:
@@ -156,7 +314,17 @@ class _Results:
         row.update(images=result.images, pred=[None if math.isnan(p) else p for p in result.pred.tolist()],
                    gt=result.gt.tolist())  # fmt: skip
         self.rows[key] = row
-        self.path.write_text(json.dumps(self.rows, indent=1))
+        self._write()
+
+    def drop(self, *keys: str) -> None:
+        """Forget the rows of stages about to be trained again."""
+        dropped = [self.rows.pop(key, None) for key in keys]
+        if any(row is not None for row in dropped):
+            self._write()
+
+    def _write(self) -> None:
+        if self.write:
+            atomic_write_text(self.path, json.dumps(self.rows, indent=1))
 
     def held_out(self, key: str) -> HeldOutResult:
         import numpy as np
@@ -197,27 +365,45 @@ def release_trainer(trainer) -> None:
         AcceleratorState._reset_state()  # a DeepSpeed plugin is fixed for the state's lifetime
 
 
-def run_pipeline(config: TrainConfig, *, resume: bool = False, stages: tuple[str, ...] = ("sft", "rapo")):
-    """Run the whole pipeline; returns the table rows, the printed table and the plot path."""
+def run_pipeline(
+    config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
+    stages: tuple[str, ...] = ("sft", "rapo"),
+):  # fmt: skip
+    """Run the whole pipeline; returns the table rows, the printed table and the plot path.
+
+    `resume` continues the run in `config.output_dir` (same settings); `overwrite` deletes it first.
+    """
     from accelerate.state import PartialState
 
-    from aesr1.train.data import cold_start_records, load_items
+    from aesr1.train.data import load_items
     from aesr1.train.rapo import RAPOTrainer
     from aesr1.train.sft import run_sft
 
     started = time.time()
     state = PartialState(cpu=not torch.cuda.is_available())
     preflight(config, state.num_processes)
+    check_output_dir(config, resume=resume, overwrite=overwrite, stages=stages)
     torch.manual_seed(config.seed)
     out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    state.wait_for_everyone()  # every process has checked the directory before it changes
+    if state.is_main_process:
+        if overwrite and (out / "config.json").is_file():  # a run directory (`check_output_dir`)
+            _empty_directory(out)
+        out.mkdir(parents=True, exist_ok=True)
+        if not (out / "config.json").is_file():  # first, so that it names the run of everything after
+            atomic_write_text(out / "config.json", json.dumps(config.to_dict(), indent=1))
+        clear_leftovers(out)
+    state.wait_for_everyone()
     with state.main_process_first():
         train, test = load_items(config, out)
-        rows = cold_start_records(config, train, out) if config.sft.epochs > 0 and "sft" in stages else []
+        rows = (
+            _cold_start_rows(config, train, out, state.is_main_process)
+            if config.sft.epochs > 0 and "sft" in stages
+            else []
+        )
     if state.is_main_process:
-        (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
         print(f"[data] {len(train)} training images, {len(test)} held-out, {len(rows)} cold-start records")
-    results = _Results(out / "results.json")
+    results = _Results(out / "results.json", write=state.is_main_process)
 
     def evaluate(model, processor, key: str | None, accelerator=None) -> HeldOutResult:
         result = evaluate_policy(
@@ -231,36 +417,38 @@ def run_pipeline(config: TrainConfig, *, resume: bool = False, stages: tuple[str
         return result
 
     initial_dir = out / "initial"
-    if config.model.name_or_path is None and (initial_dir / "config.json").exists():
+    if config.model.name_or_path is None and is_complete(initial_dir):
         model, processor = load(config, initial_dir)
     else:
         corpus = [r["completion"] for r in rows]
         model, processor = build_model(config, corpus)
         if config.model.name_or_path is None and state.is_main_process:
-            model.save_pretrained(initial_dir)
-            processor.save_pretrained(initial_dir)
+            _save_pretrained(model, processor, initial_dir)
     state.wait_for_everyone()
     if config.eval.evaluate_untrained and "untrained" not in results.rows:
         evaluate(model.to(state.device), processor, "untrained", state)
 
     sft_final = out / "sft" / "final"
-    if "sft" in stages and config.sft.epochs > 0:
-        if not (resume and (sft_final / "config.json").exists()):
-            trainer = run_sft(config, model, processor, rows, out / "sft", resume=resume)
-            release_trainer(trainer)
-            del trainer
-        state.wait_for_everyone()  # the main process writes sft/final
+    policy_source = Path(config.model.name_or_path) if config.model.name_or_path else initial_dir
+    if "sft" in stages and config.sft.epochs > 0 and not (resume and is_complete(sft_final)):
+        results.drop("sft", "rapo")
+        trainer = run_sft(config, model, processor, rows, out / "sft", resume=resume)
+        release_trainer(trainer)
+        del trainer
+    state.wait_for_everyone()  # the main process writes sft/final
+    # RAPO after SFT starts from (and is anchored to) the SFT model, also when SFT ran earlier
+    # (`--stages rapo` on a directory holding it; `check_output_dir` refuses when it is missing).
+    if config.sft.epochs > 0 and is_complete(sft_final):
         del model
         model, processor = load(config, sft_final)
         if "sft" not in results.rows:
             evaluate(model.to(state.device), processor, "sft", state)
         policy_source = sft_final
-    else:
-        policy_source = Path(config.model.name_or_path) if config.model.name_or_path else initial_dir
 
     rapo_final = out / "rapo" / "final"
     if "rapo" in stages and (config.rapo.epochs > 0) and config.rapo.max_steps != 0:
-        if not (resume and (rapo_final / "config.json").exists()):
+        if not (resume and is_complete(rapo_final)):
+            results.drop("rapo")
             ref_model = None
             if config.rapo.beta > 0:
                 ref_model, _ = load(config, policy_source)
@@ -289,5 +477,5 @@ def run_pipeline(config: TrainConfig, *, resume: bool = False, stages: tuple[str
     if state.is_main_process:
         held_out = {k: results.held_out(k) for k in ("untrained", "sft", "rapo") if k in results.rows}
         result.plot = plot_distributions(held_out, out / "score_distributions.png")
-        (out / "table.md").write_text(result.table + "\n")
+        atomic_write_text(out / "table.md", result.table + "\n")
     return result
