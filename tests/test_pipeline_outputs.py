@@ -110,3 +110,25 @@ def test_overwrite_starts_clean_and_rapo_alone_starts_from_sft(finished_run, mon
     steps = [r["step"] for r in read_metrics(finished_run / "rapo" / "rapo_metrics.jsonl") if "loss" in r]
     assert steps == [1, 2]
     assert "after RAPO" in (finished_run / "table.md").read_text()
+
+
+def test_results_json_writes_non_finite_metrics_as_null(tmp_path):
+    """An untrained model parses nothing: its PLCC/SRCC are NaN, which `results.json` stores as null."""
+    import json
+
+    import numpy as np
+
+    from aesr1.train.evaluation import HeldOutResult
+    from aesr1.train.pipeline import _Results
+
+    result = HeldOutResult(plcc=np.nan, srcc=np.nan, parse_failure_rate=1.0, images=3, scored=1,
+                           pred=np.array([np.nan, np.nan, 0.5]), gt=np.array([0.1, 0.9, 0.4]))  # fmt: skip
+    results = _Results(tmp_path / "results.json", write=True)
+    results.save("initial", result)
+
+    def reject(constant):
+        raise AssertionError(f"bare {constant} in results.json")
+
+    row = json.loads((tmp_path / "results.json").read_text(), parse_constant=reject)["initial"]
+    assert row["plcc"] is None and row["pred"][:2] == [None, None]
+    assert np.isnan(_Results(tmp_path / "results.json", write=False).held_out("initial").plcc)

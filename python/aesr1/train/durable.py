@@ -49,14 +49,12 @@ def fsync_tree(directory: Path) -> None:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    path = Path(path)
-    temporary = staging_path(path)
-    with temporary.open("w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    _fsync(path.parent)
+    """`aesr1.jsonio.write_text` (temporary sibling, fsync, rename; OS errors name `path`), then
+    the folder's entry is synced too."""
+    from aesr1.jsonio import write_text
+
+    write_text(path, text)
+    _fsync(Path(path).parent)
 
 
 def publish_file(staged: Path, path: str | Path) -> None:

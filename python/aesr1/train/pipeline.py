@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from aesr1.jsonio import dumps
 from aesr1.train.config import TrainConfig, validate_world_size
 from aesr1.train.distributed import is_deepspeed, make_rapo_accelerator
 from aesr1.train.durable import (
@@ -324,7 +325,7 @@ class _Results:
 
     def _write(self) -> None:
         if self.write:
-            atomic_write_text(self.path, json.dumps(self.rows, indent=1))
+            atomic_write_text(self.path, dumps(self.rows, indent=1))  # NaN as null: strict JSON
 
     def held_out(self, key: str) -> HeldOutResult:
         import numpy as np
@@ -391,7 +392,7 @@ def run_pipeline(
             _empty_directory(out)
         out.mkdir(parents=True, exist_ok=True)
         if not (out / "config.json").is_file():  # first, so that it names the run of everything after
-            atomic_write_text(out / "config.json", json.dumps(config.to_dict(), indent=1))
+            atomic_write_text(out / "config.json", dumps(config.to_dict(), indent=1))
         clear_leftovers(out)
     state.wait_for_everyone()
     with state.main_process_first():
