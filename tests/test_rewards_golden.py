@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,9 @@ import pytest
 
 from aesr1 import metrics, rewards
 
-GOLDEN = json.loads((Path(__file__).parent / "golden" / "golden.json").read_text())
+GOLDEN_TEXT = (Path(__file__).parent / "golden" / "golden.json").read_text()
+GOLDEN = json.loads(GOLDEN_TEXT)
+CARGO_TOML = Path(__file__).resolve().parents[1] / "Cargo.toml"
 
 
 def arr(values) -> np.ndarray:
@@ -19,8 +22,22 @@ def arr(values) -> np.ndarray:
 
 
 def test_golden_floats_round_trip_exactly():
-    text = json.dumps(GOLDEN["rewards"][0]["expected"]["total"])
-    assert json.loads(text) == GOLDEN["rewards"][0]["expected"]["total"]
+    """Every float in golden.json is the shortest text of its double (Python's repr), so every
+    correctly rounded reader gets the same bits: Python's json here, and serde_json in
+    rust/core/tests/golden.rs, which the workspace builds with `float_roundtrip` (without it serde_json
+    can be one ulp off, and the Rust test's bit-exact checks, krcc and parsed scores, would compare
+    other doubles). The bit-exact cases below compare the Rust core's outputs with these doubles."""
+    tokens: list[str] = []
+
+    def keep(token: str) -> float:
+        tokens.append(token)
+        return float(token)
+
+    assert json.loads(GOLDEN_TEXT, parse_float=keep) == GOLDEN
+    assert len(tokens) > 100
+    assert [t for t in tokens if repr(float(t)) != t] == []
+    serde = re.search(r"^serde_json\s*=.*$", CARGO_TOML.read_text(), re.MULTILINE)
+    assert serde is not None and '"float_roundtrip"' in serde.group(0), "serde_json needs float_roundtrip"
 
 
 @pytest.mark.parametrize("case", GOLDEN["rewards"], ids=lambda c: c["name"])
