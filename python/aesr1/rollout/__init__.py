@@ -1,4 +1,4 @@
-"""Fast rollouts (issue 8): a static-KV-cache decode engine for Qwen2.5-VL sampling.
+"""Fast rollouts: a static-KV-cache decode engine for Qwen2.5-VL sampling.
 
 - `generate_rollouts`: drop-in for `aesr1.generation.generate_rollouts` that also returns the
   sampling log-probs (`rollout.batch["sampling_logprobs"]`); the engine on CUDA, `generate` on CPU.
