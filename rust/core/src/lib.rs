@@ -10,6 +10,9 @@
 //! Results are bit-identical for any number of threads. All input errors are [`Error`] values
 //! naming the offending argument; nothing panics on bad input.
 
+// Every unsafe block states why it is sound, next to it.
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 pub mod error;
 pub mod groups;
 pub mod metrics;

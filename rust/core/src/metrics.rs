@@ -499,6 +499,7 @@ fn merge_count(a: &[u64], b: &[u64], out: &mut [u64]) -> u64 {
         // SAFETY: i < na, j < nb and k = i + j < na + nb = out.len().
         let (x, y) = unsafe { (*a.get_unchecked(i), *b.get_unchecked(j)) };
         let take_b = y < x;
+        // SAFETY: k < out.len(), as above.
         unsafe { *out.get_unchecked_mut(k) = if take_b { y } else { x } };
         inv += (na - i) as u64 * take_b as u64;
         i += !take_b as usize;

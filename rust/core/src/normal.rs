@@ -137,12 +137,8 @@ impl<V: Vf64> Powers<V> {
 
 /// The coefficients of one range, splatted.
 #[inline(always)]
-fn splat9<V: Vf64>(c: &[f64; 9]) -> [V; 9] {
-    let mut out = [V::splat(0.0); 9];
-    for (o, &v) in out.iter_mut().zip(c) {
-        *o = V::splat(v);
-    }
-    out
+fn splat9<V: Vf64>(t: V::Token, c: &[f64; 9]) -> [V; 9] {
+    std::array::from_fn(|i| V::splat(t, c[i]))
 }
 
 /// 1.5·2⁵²: adding and subtracting it rounds a double of magnitude < 2⁵¹ to the nearest integer
@@ -163,7 +159,8 @@ const EXP_CLAMP: f64 = 37.6;
 /// argument is not rounded to one double first.
 #[inline(always)]
 fn exp_dd<V: Vf64>(hi: V, lo: V) -> V {
-    let s = V::splat;
+    let t = hi.token();
+    let s = |v| V::splat(t, v);
     // n = round((hi + lo) / ln 2), kept both as a double (n) and in the low bits of `shifted`;
     // rounding the sum keeps |r| <= ln2/2 (+ rounding) even when |lo| is near 1.
     let shifted = hi.add(lo).mul_add(s(LOG2_E), s(ROUND_SHIFTER));
@@ -223,11 +220,7 @@ static DEN_BY_POWER: [[f64; 8]; 9] = by_power(&DEN);
 /// The coefficients of each lane's range.
 #[inline(always)]
 fn pick9<V: Vf64>(table: &[[f64; 8]; 9], cases: V::Cases) -> [V; 9] {
-    let mut out = [V::splat(0.0); 9];
-    for (o, t) in out.iter_mut().zip(table) {
-        *o = V::pick(cases, t);
-    }
-    out
+    std::array::from_fn(|i| V::pick(cases, &table[i]))
 }
 
 /// Φ(x) and Φ(-x) for each lane, computed together: both come from the small tail Φ(-|x|), so
@@ -237,7 +230,8 @@ fn pick9<V: Vf64>(table: &[[f64; 8]; 9], cases: V::Cases) -> [V; 9] {
 /// callers never pass NaN.
 #[inline(always)]
 pub(crate) fn phi_pair<V: Vf64>(x: V) -> (V, V) {
-    let s = V::splat;
+    let t = x.token();
+    let s = |v| V::splat(t, v);
     let a = x.abs();
     let in_small = a.le(s(SMALL));
     let in_large = a.gt(s(LARGE));
@@ -282,23 +276,24 @@ pub(crate) fn phi_pair<V: Vf64>(x: V) -> (V, V) {
 /// ranges not taken.
 #[inline(always)]
 pub(crate) fn phi<V: Vf64>(x: V) -> V {
-    let s = V::splat;
+    let t = x.token();
+    let s = |v| V::splat(t, v);
     let a = x.abs();
     let in_small = a.le(s(SMALL));
     let in_large = a.gt(s(LARGE));
     let negative = x.lt(s(0.0));
     if V::all(in_small) {
         let powers = Powers::new(a.mul(a));
-        let num = powers.estrin9(splat9(&NUM[0]));
-        let den = powers.estrin9(splat9(&DEN[0]));
+        let num = powers.estrin9(splat9(t, &NUM[0]));
+        let den = powers.estrin9(splat9(t, &DEN[0]));
         let ratio = a.mul(num).div(den);
         return V::select(negative, s(0.5).sub(ratio), s(0.5).add(ratio));
     }
     if !V::any(V::or(in_small, in_large)) {
         let powers = Powers::new(a);
         let ratio = powers
-            .estrin9(splat9(&NUM[1]))
-            .div(powers.estrin9(splat9(&DEN[1])));
+            .estrin9(splat9(t, &NUM[1]))
+            .div(powers.estrin9(splat9(t, &DEN[1])));
         let tail = gaussian_factor(a).mul(ratio);
         return V::select(negative, tail, s(1.0).sub(tail));
     }
@@ -313,7 +308,8 @@ pub(crate) fn phi<V: Vf64>(x: V) -> V {
 /// not amplified by the exponential (Cody's device).
 #[inline(always)]
 fn gaussian_factor<V: Vf64>(a: V) -> V {
-    let s = V::splat;
+    let t = a.token();
+    let s = |v| V::splat(t, v);
     let ar = a
         .mul_add(s(16.0), s(ROUND_SHIFTER))
         .sub(s(ROUND_SHIFTER))
@@ -401,27 +397,29 @@ mod tests {
                         assert_eq!(phi(x).to_bits(), phi_pair(x).0.to_bits(), "scalar x={x}");
                     }
                 };
-                let v = unsafe { Portable8::load(lanes.as_ptr()) };
+                // SAFETY: `lanes` holds 8 doubles.
+                let v = unsafe { Portable8::load((), lanes.as_ptr()) };
                 check(phi(v).to_array(), "portable");
                 #[cfg(target_arch = "x86_64")]
                 {
-                    if std::arch::is_x86_feature_detected!("avx512f") {
+                    use crate::simd::{Avx2Fma, Avx2x2, Avx512, Avx512F};
+                    if let Some(t) = Avx512F::detect() {
                         #[target_feature(enable = "avx512f")]
-                        fn run(x: &[f64; 8]) -> [f64; 8] {
-                            use crate::simd::Avx512;
-                            phi(unsafe { Avx512::load(x.as_ptr()) }).to_array()
+                        fn run(t: Avx512F, x: &[f64; 8]) -> [f64; 8] {
+                            // SAFETY: `x` holds 8 doubles.
+                            phi(unsafe { Avx512::load(t, x.as_ptr()) }).to_array()
                         }
-                        check(unsafe { run(&lanes) }, "avx512");
+                        // SAFETY: the token proves the CPU has AVX-512F, which `run` enables.
+                        check(unsafe { run(t, &lanes) }, "avx512");
                     }
-                    if std::arch::is_x86_feature_detected!("avx2")
-                        && std::arch::is_x86_feature_detected!("fma")
-                    {
+                    if let Some(t) = Avx2Fma::detect() {
                         #[target_feature(enable = "avx2,fma")]
-                        fn run(x: &[f64; 8]) -> [f64; 8] {
-                            use crate::simd::Avx2x2;
-                            phi(unsafe { Avx2x2::load(x.as_ptr()) }).to_array()
+                        fn run(t: Avx2Fma, x: &[f64; 8]) -> [f64; 8] {
+                            // SAFETY: `x` holds 8 doubles.
+                            phi(unsafe { Avx2x2::load(t, x.as_ptr()) }).to_array()
                         }
-                        check(unsafe { run(&lanes) }, "avx2");
+                        // SAFETY: the token proves the CPU has AVX2 and FMA, which `run` enables.
+                        check(unsafe { run(t, &lanes) }, "avx2");
                     }
                 }
             }

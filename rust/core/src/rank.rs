@@ -231,38 +231,36 @@ impl Row<'_> {
     fn partner_sums(&self, values: &[f64], out: &mut [f64]) {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                // SAFETY: the CPU supports AVX-512F, checked above.
-                return unsafe { self.partner_sums_avx512(values, out) };
+            if let Some(t) = crate::simd::Avx512F::detect() {
+                // SAFETY: the token proves the CPU has AVX-512F, the function's target feature.
+                return unsafe { self.partner_sums_avx512(t, values, out) };
             }
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                // SAFETY: the CPU supports AVX2 and FMA, checked above.
-                return unsafe { self.partner_sums_avx2(values, out) };
+            if let Some(t) = crate::simd::Avx2Fma::detect() {
+                // SAFETY: the token proves the CPU has AVX2 and FMA, the function's features.
+                return unsafe { self.partner_sums_avx2(t, values, out) };
             }
         }
-        self.partner_sums_lanes::<Portable8>(values, out)
+        self.partner_sums_lanes::<Portable8>((), values, out)
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
-    fn partner_sums_avx512(&self, values: &[f64], out: &mut [f64]) {
-        self.partner_sums_lanes::<crate::simd::Avx512>(values, out)
+    fn partner_sums_avx512(&self, t: crate::simd::Avx512F, values: &[f64], out: &mut [f64]) {
+        self.partner_sums_lanes::<crate::simd::Avx512>(t, values, out)
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    fn partner_sums_avx2(&self, values: &[f64], out: &mut [f64]) {
-        self.partner_sums_lanes::<crate::simd::Avx2x2>(values, out)
+    fn partner_sums_avx2(&self, t: crate::simd::Avx2Fma, values: &[f64], out: &mut [f64]) {
+        self.partner_sums_lanes::<crate::simd::Avx2x2>(t, values, out)
     }
 
     #[inline(always)]
-    fn partner_sums_lanes<L: Lanes8>(&self, values: &[f64], out: &mut [f64]) {
+    fn partner_sums_lanes<L: Lanes8>(&self, t: L::Token, values: &[f64], out: &mut [f64]) {
         if self.half {
-            self.partner_sums_impl::<L, true>(values, out)
+            self.partner_sums_impl::<L, true>(t, values, out)
         } else {
-            self.partner_sums_impl::<L, false>(values, out)
+            self.partner_sums_impl::<L, false>(t, values, out)
         }
     }
 
@@ -270,27 +268,29 @@ impl Row<'_> {
     /// ground truths (added separately by the caller); without it only the image itself and the
     /// padding are left out, masked in the two vectors that hold them.
     #[inline(always)]
-    fn partner_sums_impl<L: Lanes8, const HALF: bool>(&self, values: &[f64], out: &mut [f64]) {
+    fn partner_sums_impl<L: Lanes8, const HALF: bool>(
+        &self,
+        t: L::Token,
+        values: &[f64],
+        out: &mut [f64],
+    ) {
         let p = self.partners;
+        let splat = |v| L::splat(t, v);
         let chunks = p.mean.len() / 8;
         // Per partner: scale = ±1/sqrt(σ_i² + σ_j² + γ), whose sign folds p_c into the argument:
         // Φ(z) when p_c = 1 (s_i >= s_j), Φ(−z) = 1 − Φ(z) when p_c = 0.
         let mut scale = vec![0.0; chunks * 8];
-        let (var_i, gamma, gt_i) = (
-            L::splat(self.var_i),
-            L::splat(self.gamma),
-            L::splat(self.gt_i),
-        );
+        let (var_i, gamma, gt_i) = (splat(self.var_i), splat(self.gamma), splat(self.gt_i));
         for c in 0..chunks {
             // SAFETY: the partner buffers hold `chunks * 8` doubles.
             let (var_j, gt_j) = unsafe {
                 (
-                    L::load(p.var.as_ptr().add(8 * c)),
-                    L::load(p.gt.as_ptr().add(8 * c)),
+                    L::load(t, p.var.as_ptr().add(8 * c)),
+                    L::load(t, p.gt.as_ptr().add(8 * c)),
                 )
             };
-            let inv = L::splat(1.0).div(var_i.add(var_j).add(gamma).sqrt());
-            let signed = L::select(gt_i.ge(gt_j), inv, inv.mul(L::splat(-1.0)));
+            let inv = splat(1.0).div(var_i.add(var_j).add(gamma).sqrt());
+            let signed = L::select(gt_i.ge(gt_j), inv, inv.mul(splat(-1.0)));
             scale[8 * c..8 * c + 8].copy_from_slice(&signed.to_array());
         }
         let weight: Vec<f64> = if HALF {
@@ -309,11 +309,11 @@ impl Row<'_> {
         // Lanes to leave out (strict ties): the image itself, and padding in the last vector.
         let lanes = [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0];
         // SAFETY: `lanes` holds 8 doubles.
-        let lane = unsafe { L::load(lanes.as_ptr()) };
+        let lane = unsafe { L::load(t, lanes.as_ptr()) };
         let me_chunk = self.me / 8;
         let last = chunks - 1;
-        let me_lane = lane.eq(L::splat((self.me % 8) as f64));
-        let padding = lane.ge(L::splat(if p.n.is_multiple_of(8) {
+        let me_lane = lane.eq(splat((self.me % 8) as f64));
+        let padding = lane.ge(splat(if p.n.is_multiple_of(8) {
             8.0
         } else {
             (p.n % 8) as f64
@@ -327,24 +327,24 @@ impl Row<'_> {
             if o.is_nan() {
                 continue;
             }
-            let ov = L::splat(o);
-            let mut acc = L::splat(0.0);
+            let ov = splat(o);
+            let mut acc = splat(0.0);
             for c in 0..chunks {
                 // SAFETY: chunk c < chunks lies inside the padded buffers.
                 let (m, s) = unsafe {
                     (
-                        L::load(p.mean.as_ptr().add(8 * c)),
-                        L::load(scale.as_ptr().add(8 * c)),
+                        L::load(t, p.mean.as_ptr().add(8 * c)),
+                        L::load(t, scale.as_ptr().add(8 * c)),
                     )
                 };
                 let term = sqrt_phi_term(ov, m, s);
                 let term = if HALF {
                     // SAFETY: as above.
-                    term.mul(unsafe { L::load(weight.as_ptr().add(8 * c)) })
+                    term.mul(unsafe { L::load(t, weight.as_ptr().add(8 * c)) })
                 } else if c == last {
-                    L::select(last_out, L::splat(0.0), term)
+                    L::select(last_out, splat(0.0), term)
                 } else if c == me_chunk {
-                    L::select(me_lane, L::splat(0.0), term)
+                    L::select(me_lane, splat(0.0), term)
                 } else {
                     term
                 };
@@ -393,16 +393,15 @@ mod tests {
                 partners: &partners,
             };
             let mut portable = [0.0; 8];
-            row.partner_sums_lanes::<Portable8>(&values, &mut portable);
+            row.partner_sums_lanes::<Portable8>((), &values, &mut portable);
             let mut dispatched = [0.0; 8];
             row.partner_sums(&values, &mut dispatched);
             assert_eq!(portable.map(f64::to_bits), dispatched.map(f64::to_bits));
             #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
+            if let Some(t) = crate::simd::Avx2Fma::detect() {
                 let mut avx2 = [0.0; 8];
-                unsafe { row.partner_sums_avx2(&values, &mut avx2) };
+                // SAFETY: the token proves the CPU has AVX2 and FMA, the function's features.
+                unsafe { row.partner_sums_avx2(t, &values, &mut avx2) };
                 assert_eq!(portable.map(f64::to_bits), avx2.map(f64::to_bits));
             }
         }

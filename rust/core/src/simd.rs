@@ -10,9 +10,13 @@
 //! so that its accumulation pattern, and thus its rounding, is the same on every CPU.
 
 pub(crate) trait Vf64: Copy {
+    /// Proof that the CPU can run this type's instructions: needed to make a first vector, and
+    /// recoverable from any vector (which could only have been made with one).
+    type Token: Copy;
     type Mask: Copy;
 
-    fn splat(v: f64) -> Self;
+    fn token(self) -> Self::Token;
+    fn splat(t: Self::Token, v: f64) -> Self;
     fn add(self, o: Self) -> Self;
     fn sub(self, o: Self) -> Self;
     fn mul(self, o: Self) -> Self;
@@ -46,14 +50,15 @@ pub(crate) trait Vf64: Copy {
 
 /// `pick` from selects, for lane types without a cheap permute.
 #[inline(always)]
-fn pick_by_select<V: Vf64>(first: V::Mask, third: V::Mask, table: &[f64; 8]) -> V {
+fn pick_by_select<V: Vf64>(t: V::Token, first: V::Mask, third: V::Mask, table: &[f64; 8]) -> V {
+    let s = |v| V::splat(t, v);
     if table[0] == table[2] {
-        V::select(V::or(first, third), V::splat(table[0]), V::splat(table[1]))
+        V::select(V::or(first, third), s(table[0]), s(table[1]))
     } else {
         V::select(
             first,
-            V::splat(table[0]),
-            V::select(third, V::splat(table[2]), V::splat(table[1])),
+            s(table[0]),
+            V::select(third, s(table[2]), s(table[1])),
         )
     }
 }
@@ -62,15 +67,18 @@ fn pick_by_select<V: Vf64>(first: V::Mask, third: V::Mask, table: &[f64; 8]) -> 
 pub(crate) trait Lanes8: Vf64 {
     /// # Safety
     /// `p` must point to 8 readable doubles.
-    unsafe fn load(p: *const f64) -> Self;
+    unsafe fn load(t: Self::Token, p: *const f64) -> Self;
     fn to_array(self) -> [f64; 8];
 }
 
 impl Vf64 for f64 {
+    type Token = ();
     type Mask = bool;
 
     #[inline(always)]
-    fn splat(v: f64) -> Self {
+    fn token(self) {}
+    #[inline(always)]
+    fn splat(_: (), v: f64) -> Self {
         v
     }
     #[inline(always)]
@@ -152,7 +160,7 @@ impl Vf64 for f64 {
     }
     #[inline(always)]
     fn pick(cases: Self::Cases, table: &[f64; 8]) -> Self {
-        pick_by_select::<f64>(cases.0, cases.1, table)
+        pick_by_select::<f64>((), cases.0, cases.1, table)
     }
 }
 
@@ -171,10 +179,13 @@ macro_rules! lanewise {
 }
 
 impl Vf64 for Portable8 {
+    type Token = ();
     type Mask = [bool; 8];
 
     #[inline(always)]
-    fn splat(v: f64) -> Self {
+    fn token(self) {}
+    #[inline(always)]
+    fn splat(_: (), v: f64) -> Self {
         Portable8([v; 8])
     }
     #[inline(always)]
@@ -254,13 +265,13 @@ impl Vf64 for Portable8 {
     }
     #[inline(always)]
     fn pick(cases: Self::Cases, table: &[f64; 8]) -> Self {
-        pick_by_select::<Self>(cases.0, cases.1, table)
+        pick_by_select::<Self>((), cases.0, cases.1, table)
     }
 }
 
 impl Lanes8 for Portable8 {
     #[inline(always)]
-    unsafe fn load(p: *const f64) -> Self {
+    unsafe fn load(_: (), p: *const f64) -> Self {
         // SAFETY: the caller guarantees 8 readable doubles.
         Portable8(unsafe { std::ptr::read_unaligned(p as *const [f64; 8]) })
     }
@@ -271,121 +282,185 @@ impl Lanes8 for Portable8 {
 }
 
 #[cfg(target_arch = "x86_64")]
-pub(crate) use x86::{Avx2x2, Avx512};
+pub(crate) use x86::{Avx2Fma, Avx2x2, Avx512, Avx512F};
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    //! The intrinsics below are only reached through functions compiled with the matching
-    //! `#[target_feature]` (see `rank::partner_sums`), after a runtime CPU check.
+    //! Soundness: an intrinsic may only run on a CPU that has its instruction set. Every vector,
+    //! mask and case type here has private fields and is made either from a token (`Avx512F`,
+    //! `Avx2Fma`), which only a runtime CPU check hands out, or from values of these types. So
+    //! holding any of them proves the check passed, and the methods can be safe.
     use super::{pick_by_select, Lanes8, Vf64};
     use std::arch::x86_64::*;
+
+    /// Proof that the CPU supports AVX-512F.
+    #[derive(Clone, Copy)]
+    pub(crate) struct Avx512F(());
+
+    impl Avx512F {
+        /// The token, if the running CPU supports AVX-512F.
+        #[inline]
+        pub(crate) fn detect() -> Option<Self> {
+            std::arch::is_x86_feature_detected!("avx512f").then_some(Self(()))
+        }
+    }
+
+    /// Proof that the CPU supports AVX2 and FMA.
+    #[derive(Clone, Copy)]
+    pub(crate) struct Avx2Fma(());
+
+    impl Avx2Fma {
+        /// The token, if the running CPU supports AVX2 and FMA.
+        #[inline]
+        pub(crate) fn detect() -> Option<Self> {
+            (std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma"))
+            .then_some(Self(()))
+        }
+    }
 
     /// Eight lanes in one AVX-512 register.
     #[derive(Clone, Copy)]
     pub(crate) struct Avx512(__m512d);
 
+    /// Lane mask of `Avx512` comparisons.
+    #[derive(Clone, Copy)]
+    pub(crate) struct Avx512Mask(__mmask8);
+
+    /// Case numbers 0, 1, 2 as 64-bit lane indices for a permute.
+    #[derive(Clone, Copy)]
+    pub(crate) struct Avx512Cases(__m512i);
+
     impl Vf64 for Avx512 {
-        type Mask = __mmask8;
+        type Token = Avx512F;
+        type Mask = Avx512Mask;
 
         #[inline(always)]
-        fn splat(v: f64) -> Self {
+        fn token(self) -> Avx512F {
+            Avx512F(())
+        }
+        #[inline(always)]
+        fn splat(_: Avx512F, v: f64) -> Self {
+            // SAFETY: the token proves AVX-512F.
             Avx512(unsafe { _mm512_set1_pd(v) })
         }
         #[inline(always)]
         fn add(self, o: Self) -> Self {
+            // SAFETY: a vector exists, so AVX-512F was detected (module note).
             Avx512(unsafe { _mm512_add_pd(self.0, o.0) })
         }
         #[inline(always)]
         fn sub(self, o: Self) -> Self {
+            // SAFETY: a vector exists, so AVX-512F was detected (module note).
             Avx512(unsafe { _mm512_sub_pd(self.0, o.0) })
         }
         #[inline(always)]
         fn mul(self, o: Self) -> Self {
+            // SAFETY: a vector exists, so AVX-512F was detected (module note).
             Avx512(unsafe { _mm512_mul_pd(self.0, o.0) })
         }
         #[inline(always)]
         fn div(self, o: Self) -> Self {
+            // SAFETY: a vector exists, so AVX-512F was detected (module note).
             Avx512(unsafe { _mm512_div_pd(self.0, o.0) })
         }
         #[inline(always)]
         fn mul_add(self, b: Self, c: Self) -> Self {
+            // SAFETY: a vector exists, so AVX-512F was detected (module note).
             Avx512(unsafe { _mm512_fmadd_pd(self.0, b.0, c.0) })
         }
         #[inline(always)]
         fn sqrt(self) -> Self {
+            // SAFETY: a vector exists, so AVX-512F was detected (module note).
             Avx512(unsafe { _mm512_sqrt_pd(self.0) })
         }
         #[inline(always)]
         fn abs(self) -> Self {
+            // SAFETY: a vector exists, so AVX-512F was detected (module note).
             Avx512(unsafe { _mm512_abs_pd(self.0) })
         }
         #[inline(always)]
-        fn lt(self, o: Self) -> __mmask8 {
-            unsafe { _mm512_cmp_pd_mask::<_CMP_LT_OQ>(self.0, o.0) }
+        fn lt(self, o: Self) -> Avx512Mask {
+            // SAFETY: a vector exists, so AVX-512F was detected (module note).
+            Avx512Mask(unsafe { _mm512_cmp_pd_mask::<_CMP_LT_OQ>(self.0, o.0) })
         }
         #[inline(always)]
-        fn le(self, o: Self) -> __mmask8 {
-            unsafe { _mm512_cmp_pd_mask::<_CMP_LE_OQ>(self.0, o.0) }
+        fn le(self, o: Self) -> Avx512Mask {
+            // SAFETY: a vector exists, so AVX-512F was detected (module note).
+            Avx512Mask(unsafe { _mm512_cmp_pd_mask::<_CMP_LE_OQ>(self.0, o.0) })
         }
         #[inline(always)]
-        fn gt(self, o: Self) -> __mmask8 {
-            unsafe { _mm512_cmp_pd_mask::<_CMP_GT_OQ>(self.0, o.0) }
+        fn gt(self, o: Self) -> Avx512Mask {
+            // SAFETY: a vector exists, so AVX-512F was detected (module note).
+            Avx512Mask(unsafe { _mm512_cmp_pd_mask::<_CMP_GT_OQ>(self.0, o.0) })
         }
         #[inline(always)]
-        fn ge(self, o: Self) -> __mmask8 {
-            unsafe { _mm512_cmp_pd_mask::<_CMP_GE_OQ>(self.0, o.0) }
+        fn ge(self, o: Self) -> Avx512Mask {
+            // SAFETY: a vector exists, so AVX-512F was detected (module note).
+            Avx512Mask(unsafe { _mm512_cmp_pd_mask::<_CMP_GE_OQ>(self.0, o.0) })
         }
         #[inline(always)]
-        fn eq(self, o: Self) -> __mmask8 {
-            unsafe { _mm512_cmp_pd_mask::<_CMP_EQ_OQ>(self.0, o.0) }
+        fn eq(self, o: Self) -> Avx512Mask {
+            // SAFETY: a vector exists, so AVX-512F was detected (module note).
+            Avx512Mask(unsafe { _mm512_cmp_pd_mask::<_CMP_EQ_OQ>(self.0, o.0) })
         }
         #[inline(always)]
-        fn or(a: __mmask8, b: __mmask8) -> __mmask8 {
-            a | b
+        fn or(a: Avx512Mask, b: Avx512Mask) -> Avx512Mask {
+            Avx512Mask(a.0 | b.0)
         }
         #[inline(always)]
-        fn all(m: __mmask8) -> bool {
-            m == 0xff
+        fn all(m: Avx512Mask) -> bool {
+            m.0 == 0xff
         }
         #[inline(always)]
-        fn any(m: __mmask8) -> bool {
-            m != 0
+        fn any(m: Avx512Mask) -> bool {
+            m.0 != 0
         }
         #[inline(always)]
-        fn select(m: __mmask8, a: Self, b: Self) -> Self {
-            Avx512(unsafe { _mm512_mask_blend_pd(m, b.0, a.0) })
+        fn select(m: Avx512Mask, a: Self, b: Self) -> Self {
+            // SAFETY: a vector exists, so AVX-512F was detected (module note).
+            Avx512(unsafe { _mm512_mask_blend_pd(m.0, b.0, a.0) })
         }
         #[inline(always)]
         fn pow2_from_shifted(self) -> Self {
+            // SAFETY: a vector exists, so AVX-512F was detected (module note).
             unsafe {
                 let bits = _mm512_add_epi64(_mm512_castpd_si512(self.0), _mm512_set1_epi64(1023));
                 Avx512(_mm512_castsi512_pd(_mm512_slli_epi64::<52>(bits)))
             }
         }
-        /// Case numbers 0, 1, 2 as 64-bit lane indices for a permute.
-        type Cases = __m512i;
+        type Cases = Avx512Cases;
         #[inline(always)]
-        fn cases(first: __mmask8, third: __mmask8) -> __m512i {
+        fn cases(first: Avx512Mask, third: Avx512Mask) -> Avx512Cases {
+            // SAFETY: a mask exists, so AVX-512F was detected (module note).
             unsafe {
                 let second_or_third =
-                    _mm512_mask_blend_epi64(third, _mm512_set1_epi64(1), _mm512_set1_epi64(2));
-                _mm512_mask_blend_epi64(first, second_or_third, _mm512_set1_epi64(0))
+                    _mm512_mask_blend_epi64(third.0, _mm512_set1_epi64(1), _mm512_set1_epi64(2));
+                Avx512Cases(_mm512_mask_blend_epi64(
+                    first.0,
+                    second_or_third,
+                    _mm512_set1_epi64(0),
+                ))
             }
         }
         #[inline(always)]
-        fn pick(cases: __m512i, table: &[f64; 8]) -> Self {
-            Avx512(unsafe { _mm512_permutexvar_pd(cases, _mm512_loadu_pd(table.as_ptr())) })
+        fn pick(cases: Avx512Cases, table: &[f64; 8]) -> Self {
+            // SAFETY: a case vector exists, so AVX-512F was detected (module note); `table`
+            // holds the 8 doubles read.
+            Avx512(unsafe { _mm512_permutexvar_pd(cases.0, _mm512_loadu_pd(table.as_ptr())) })
         }
     }
 
     impl Lanes8 for Avx512 {
         #[inline(always)]
-        unsafe fn load(p: *const f64) -> Self {
+        unsafe fn load(_: Avx512F, p: *const f64) -> Self {
+            // SAFETY: the token proves AVX-512F; the caller guarantees 8 readable doubles.
             Avx512(unsafe { _mm512_loadu_pd(p) })
         }
         #[inline(always)]
         fn to_array(self) -> [f64; 8] {
             let mut out = [0.0; 8];
+            // SAFETY: a vector exists, so AVX-512F was detected (module note); `out` holds 8.
             unsafe { _mm512_storeu_pd(out.as_mut_ptr(), self.0) };
             out
         }
@@ -395,104 +470,128 @@ mod x86 {
     #[derive(Clone, Copy)]
     pub(crate) struct Avx2x2(__m256d, __m256d);
 
+    /// Lane masks of `Avx2x2` comparisons (all-ones or all-zeros lanes).
+    #[derive(Clone, Copy)]
+    pub(crate) struct Avx2Mask(__m256d, __m256d);
+
+    /// Applies a two-operand AVX2 intrinsic to both halves; `$wrap` names the result type.
     macro_rules! both {
-        ($a:expr, $b:expr, $f:ident) => {
-            Avx2x2(unsafe { $f($a.0, $b.0) }, unsafe { $f($a.1, $b.1) })
-        };
+        ($wrap:ident, $a:expr, $b:expr, $f:ident) => {{
+            let (a, b) = ($a, $b);
+            // SAFETY: the operands exist, so AVX2 and FMA were detected (module note).
+            unsafe { $wrap($f(a.0, b.0), $f(a.1, b.1)) }
+        }};
     }
     macro_rules! cmp {
-        ($a:expr, $b:expr, $imm:ident) => {
-            (unsafe { _mm256_cmp_pd::<$imm>($a.0, $b.0) }, unsafe {
-                _mm256_cmp_pd::<$imm>($a.1, $b.1)
-            })
-        };
+        ($a:expr, $b:expr, $imm:ident) => {{
+            let (a, b) = ($a, $b);
+            // SAFETY: the operands exist, so AVX2 and FMA were detected (module note).
+            unsafe {
+                Avx2Mask(
+                    _mm256_cmp_pd::<$imm>(a.0, b.0),
+                    _mm256_cmp_pd::<$imm>(a.1, b.1),
+                )
+            }
+        }};
     }
 
     impl Vf64 for Avx2x2 {
-        type Mask = (__m256d, __m256d);
+        type Token = Avx2Fma;
+        type Mask = Avx2Mask;
 
         #[inline(always)]
-        fn splat(v: f64) -> Self {
+        fn token(self) -> Avx2Fma {
+            Avx2Fma(())
+        }
+        #[inline(always)]
+        fn splat(_: Avx2Fma, v: f64) -> Self {
+            // SAFETY: the token proves AVX2 and FMA.
             let x = unsafe { _mm256_set1_pd(v) };
             Avx2x2(x, x)
         }
         #[inline(always)]
         fn add(self, o: Self) -> Self {
-            both!(self, o, _mm256_add_pd)
+            both!(Avx2x2, self, o, _mm256_add_pd)
         }
         #[inline(always)]
         fn sub(self, o: Self) -> Self {
-            both!(self, o, _mm256_sub_pd)
+            both!(Avx2x2, self, o, _mm256_sub_pd)
         }
         #[inline(always)]
         fn mul(self, o: Self) -> Self {
-            both!(self, o, _mm256_mul_pd)
+            both!(Avx2x2, self, o, _mm256_mul_pd)
         }
         #[inline(always)]
         fn div(self, o: Self) -> Self {
-            both!(self, o, _mm256_div_pd)
+            both!(Avx2x2, self, o, _mm256_div_pd)
         }
         #[inline(always)]
         fn mul_add(self, b: Self, c: Self) -> Self {
-            Avx2x2(unsafe { _mm256_fmadd_pd(self.0, b.0, c.0) }, unsafe {
-                _mm256_fmadd_pd(self.1, b.1, c.1)
-            })
+            // SAFETY: a vector exists, so AVX2 and FMA were detected (module note).
+            unsafe {
+                Avx2x2(
+                    _mm256_fmadd_pd(self.0, b.0, c.0),
+                    _mm256_fmadd_pd(self.1, b.1, c.1),
+                )
+            }
         }
         #[inline(always)]
         fn sqrt(self) -> Self {
-            Avx2x2(unsafe { _mm256_sqrt_pd(self.0) }, unsafe {
-                _mm256_sqrt_pd(self.1)
-            })
+            // SAFETY: a vector exists, so AVX2 and FMA were detected (module note).
+            unsafe { Avx2x2(_mm256_sqrt_pd(self.0), _mm256_sqrt_pd(self.1)) }
         }
         #[inline(always)]
         fn abs(self) -> Self {
-            let sign = Self::splat(-0.0);
-            Avx2x2(unsafe { _mm256_andnot_pd(sign.0, self.0) }, unsafe {
-                _mm256_andnot_pd(sign.1, self.1)
-            })
+            let sign = Self::splat(self.token(), -0.0);
+            both!(Avx2x2, sign, self, _mm256_andnot_pd)
         }
         #[inline(always)]
-        fn lt(self, o: Self) -> Self::Mask {
+        fn lt(self, o: Self) -> Avx2Mask {
             cmp!(self, o, _CMP_LT_OQ)
         }
         #[inline(always)]
-        fn le(self, o: Self) -> Self::Mask {
+        fn le(self, o: Self) -> Avx2Mask {
             cmp!(self, o, _CMP_LE_OQ)
         }
         #[inline(always)]
-        fn gt(self, o: Self) -> Self::Mask {
+        fn gt(self, o: Self) -> Avx2Mask {
             cmp!(self, o, _CMP_GT_OQ)
         }
         #[inline(always)]
-        fn ge(self, o: Self) -> Self::Mask {
+        fn ge(self, o: Self) -> Avx2Mask {
             cmp!(self, o, _CMP_GE_OQ)
         }
         #[inline(always)]
-        fn eq(self, o: Self) -> Self::Mask {
+        fn eq(self, o: Self) -> Avx2Mask {
             cmp!(self, o, _CMP_EQ_OQ)
         }
         #[inline(always)]
-        fn or(a: Self::Mask, b: Self::Mask) -> Self::Mask {
-            (unsafe { _mm256_or_pd(a.0, b.0) }, unsafe {
-                _mm256_or_pd(a.1, b.1)
-            })
+        fn or(a: Avx2Mask, b: Avx2Mask) -> Avx2Mask {
+            both!(Avx2Mask, a, b, _mm256_or_pd)
         }
         #[inline(always)]
-        fn all(m: Self::Mask) -> bool {
+        fn all(m: Avx2Mask) -> bool {
+            // SAFETY: a mask exists, so AVX2 and FMA were detected (module note).
             unsafe { _mm256_movemask_pd(_mm256_and_pd(m.0, m.1)) == 0xf }
         }
         #[inline(always)]
-        fn any(m: Self::Mask) -> bool {
+        fn any(m: Avx2Mask) -> bool {
+            // SAFETY: a mask exists, so AVX2 and FMA were detected (module note).
             unsafe { _mm256_movemask_pd(_mm256_or_pd(m.0, m.1)) != 0 }
         }
         #[inline(always)]
-        fn select(m: Self::Mask, a: Self, b: Self) -> Self {
-            Avx2x2(unsafe { _mm256_blendv_pd(b.0, a.0, m.0) }, unsafe {
-                _mm256_blendv_pd(b.1, a.1, m.1)
-            })
+        fn select(m: Avx2Mask, a: Self, b: Self) -> Self {
+            // SAFETY: vectors exist, so AVX2 and FMA were detected (module note).
+            unsafe {
+                Avx2x2(
+                    _mm256_blendv_pd(b.0, a.0, m.0),
+                    _mm256_blendv_pd(b.1, a.1, m.1),
+                )
+            }
         }
         #[inline(always)]
         fn pow2_from_shifted(self) -> Self {
+            // SAFETY: a vector exists, so AVX2 and FMA were detected (module note).
             unsafe {
                 let bias = _mm256_set1_epi64x(1023);
                 let lo =
@@ -502,25 +601,29 @@ mod x86 {
                 Avx2x2(_mm256_castsi256_pd(lo), _mm256_castsi256_pd(hi))
             }
         }
-        type Cases = (Self::Mask, Self::Mask);
+        type Cases = (Avx2Mask, Avx2Mask);
         #[inline(always)]
-        fn cases(first: Self::Mask, third: Self::Mask) -> Self::Cases {
+        fn cases(first: Avx2Mask, third: Avx2Mask) -> Self::Cases {
             (first, third)
         }
         #[inline(always)]
         fn pick(cases: Self::Cases, table: &[f64; 8]) -> Self {
-            pick_by_select::<Self>(cases.0, cases.1, table)
+            // A case pair exists, so the check behind the token already passed.
+            pick_by_select::<Self>(Avx2Fma(()), cases.0, cases.1, table)
         }
     }
 
     impl Lanes8 for Avx2x2 {
         #[inline(always)]
-        unsafe fn load(p: *const f64) -> Self {
+        unsafe fn load(_: Avx2Fma, p: *const f64) -> Self {
+            // SAFETY: the token proves AVX2; the caller guarantees 8 readable doubles.
             unsafe { Avx2x2(_mm256_loadu_pd(p), _mm256_loadu_pd(p.add(4))) }
         }
         #[inline(always)]
         fn to_array(self) -> [f64; 8] {
             let mut out = [0.0; 8];
+            // SAFETY: a vector exists, so AVX2 and FMA were detected (module note); `out`
+            // holds 8 doubles.
             unsafe {
                 _mm256_storeu_pd(out.as_mut_ptr(), self.0);
                 _mm256_storeu_pd(out.as_mut_ptr().add(4), self.1);
