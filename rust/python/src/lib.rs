@@ -5,6 +5,9 @@
 //! Heavy work runs detached from the interpreter. Core errors become `ValueError`; inputs of the
 //! wrong type become `TypeError`. Every message names the offending argument.
 
+// Every unsafe block states why it is sound, next to it.
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 use aesr1_core as core;
 use numpy::{PyArray1, PyReadonlyArray1};
 use pyo3::exceptions::{PyTypeError, PyValueError};
@@ -270,8 +273,8 @@ fn abs_reward<'py>(
     sigma: f64,
     eps: f64,
 ) -> PyResult<Bound<'py, PyArray1<f64>>> {
-    let out = core::abs_reward(slice("pred", &pred)?, slice("gt", &gt)?, sigma, eps)
-        .map_err(CoreError)?;
+    let (pred, gt) = (slice("pred", &pred)?, slice("gt", &gt)?);
+    let out = detached(py, || core::abs_reward(pred, gt, sigma, eps)).map_err(CoreError)?;
     Ok(vec_to_py(py, out))
 }
 
@@ -283,8 +286,8 @@ fn binary_reward<'py>(
     gt: PyReadonlyArray1<'py, f64>,
     threshold: f64,
 ) -> PyResult<Bound<'py, PyArray1<f64>>> {
-    let out = core::binary_reward(slice("pred", &pred)?, slice("gt", &gt)?, threshold)
-        .map_err(CoreError)?;
+    let (pred, gt) = (slice("pred", &pred)?, slice("gt", &gt)?);
+    let out = detached(py, || core::binary_reward(pred, gt, threshold)).map_err(CoreError)?;
     Ok(vec_to_py(py, out))
 }
 
@@ -299,7 +302,7 @@ fn group_advantages<'py>(
 ) -> PyResult<Bound<'py, PyArray1<f64>>> {
     let rewards = slice("rewards", &rewards)?;
     let groups = groups(rewards.len(), group_size, group_ids.as_ref())?;
-    let out = core::group_advantages(rewards, &groups).map_err(CoreError)?;
+    let out = detached(py, || core::group_advantages(rewards, &groups)).map_err(CoreError)?;
     Ok(vec_to_py(py, out))
 }
 
