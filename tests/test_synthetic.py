@@ -20,7 +20,6 @@ from aesr1.data.synthetic import (
     render_image,
     synthetic_score,
     thirds_of,
-    train_test_split,
     write_critique,
 )
 from aesr1.prompts import DIMENSIONS, score_bin
@@ -186,16 +185,6 @@ def test_critique_is_deterministic_and_informative(items):
 def test_critique_rejects_non_synthetic_items():
     with pytest.raises(ValueError, match="attributes"):
         write_critique(ScoredImage(image="x.png", score=0.5, source="ava", id="1"))
-
-
-def test_train_test_split(items):
-    train, test = train_test_split(items, 0.1, seed=1)
-    assert len(test) == 30 and len(train) == 270
-    assert {i.id for i in train}.isdisjoint({i.id for i in test})
-    assert train_test_split(items, 0.1, seed=1) == (train, test)
-    assert train_test_split(items, 0.1, seed=2)[1] != test
-    with pytest.raises(ValueError, match="test_fraction"):
-        train_test_split(items, 1.5)
 
 
 @pytest.mark.parametrize("kwargs, match", [({"n": 0}, "n must"), ({"image_size": 4}, "image_size")])

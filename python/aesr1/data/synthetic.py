@@ -266,23 +266,6 @@ def make_synthetic_dataset(
     return items
 
 
-def train_test_split(
-    items: Sequence[ScoredImage], test_fraction: float = 0.1, seed: int = 0
-) -> tuple[list[ScoredImage], list[ScoredImage]]:
-    """Random train/test split with a fixed seed (Appendix C: 9:1 where no official split exists)."""
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction!r}")
-    if len(items) < 2:
-        raise ValueError(f"items must hold at least 2 records to split, got {len(items)}")
-    order = list(range(len(items)))
-    random.Random(seed).shuffle(order)
-    n_test = min(len(items) - 1, max(1, round(len(items) * test_fraction)))
-    test_idx = set(order[:n_test])
-    train = [item for i, item in enumerate(items) if i not in test_idx]
-    test = [item for i, item in enumerate(items) if i in test_idx]
-    return train, test
-
-
 # ---------------------------------------------------------------------------------------------------
 # Critiques. Every phrase is a deterministic function of the attributes, so the words carry the same
 # information as the pixels. The first phrase of each tuple is the default; the others are synonyms

@@ -47,8 +47,3 @@ def prompt_position_ids(model, batch: dict[str, Any]) -> torch.Tensor:
     else:
         vision = text.unsqueeze(0).expand(3, -1, -1)
     return torch.cat([text.unsqueeze(0), vision.to(text.device, text.dtype)], dim=0)
-
-
-def first_decode_positions(prompt_positions: torch.Tensor) -> torch.Tensor:
-    """[4, B] positions of the first token fed back to the model (the one sampled after prefill)."""
-    return prompt_positions[:, :, -1] + 1

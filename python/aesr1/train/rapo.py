@@ -156,7 +156,7 @@ class RAPOTrainer:
         model: the policy (a Qwen2.5-VL-style `...ForConditionalGeneration`).
         processor: its processor.
         ref_model: frozen reference (the SFT checkpoint); None when `rapo.beta == 0`.
-        train_items / eval_items: training images and the held-out split.
+        train_items: the training images.
         output_dir: checkpoints go to `<output_dir>/checkpoint-<step>`, logs beside them.
         accelerator: an `accelerate.Accelerator` (one is made when None).
         evaluate_fn: `f(model, step) -> dict` called at `eval.interval` (held-out PLCC/SRCC).
@@ -466,17 +466,13 @@ class RAPOTrainer:
     # ------------------------------------------------------------------------------------------------
     # Checkpoints
 
-    @property
-    def checkpoint_root(self) -> Path:
-        return self.output_dir
-
     def save_checkpoint(self) -> Path:
         """`checkpoint-<step>`, written under a temporary name and renamed when complete, so a kill
         mid-save leaves the previous checkpoint as the latest."""
         from aesr1.train.durable import publish_dir, remove_tree, staging_path
 
         acc = self.accelerator
-        path = self.checkpoint_root / f"checkpoint-{self.position.step}"
+        path = self.output_dir / f"checkpoint-{self.position.step}"
         staged = staging_path(path)
         acc.wait_for_everyone()
         if acc.is_main_process:
@@ -486,13 +482,13 @@ class RAPOTrainer:
         acc.wait_for_everyone()
         if acc.is_main_process:
             publish_dir(staged, path)
-            for old in list_checkpoints(self.checkpoint_root)[: -self.config.save_total_limit]:
+            for old in list_checkpoints(self.output_dir)[: -self.config.save_total_limit]:
                 remove_tree(old)
         acc.wait_for_everyone()
         return path
 
     def latest_checkpoint(self) -> Path | None:
-        found = list_checkpoints(self.checkpoint_root)
+        found = list_checkpoints(self.output_dir)
         return found[-1] if found else None
 
     def load_checkpoint(self, path: str | Path) -> None:
@@ -507,7 +503,7 @@ class RAPOTrainer:
         if acc.is_main_process:
             from aesr1.train.durable import clear_leftovers
 
-            clear_leftovers(self.checkpoint_root)
+            clear_leftovers(self.output_dir)
         acc.wait_for_everyone()
         path = None
         if resume:

@@ -179,7 +179,7 @@ def resumable_trainer_class():
     return ResumableSFTTrainer
 
 
-def sft_steps(config: TrainConfig, num_rows: int, world_size: int = 1) -> int:
+def sft_steps(config: TrainConfig, num_rows: int) -> int:
     """Optimiser steps of the SFT stage (as transformers counts them)."""
     sft = config.sft
     steps = math.ceil(num_rows / sft.global_batch_size * sft.epochs) if sft.epochs > 0 else 0
@@ -231,7 +231,7 @@ def run_sft(
             f"sft.global_batch_size ({sft.global_batch_size}) must be a multiple of sft.micro_batch_size x "
             f"processes ({sft.micro_batch_size} x {world})"
         )
-    total_steps = sft_steps(config, len(rows), world)
+    total_steps = sft_steps(config, len(rows))
     on_gpu = torch.cuda.is_available()
     dtype = config.model.dtype
     args = TrlSFTConfig(
