@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from aesr1.modeling.chat import build_inputs, join_completions, model_inputs
+from aesr1.modeling.chat import END_OF_TURN, build_inputs, join_completions, model_inputs
 from aesr1.prompts import SCORING_PROMPT
 
 #: Chat special tokens a policy must never sample (an extra image placeholder breaks the next forward).
@@ -129,7 +129,7 @@ def generate_rollouts(
     prompt_batch = repeated_prompt_batch(model, processor, images, sampling.num_samples, prompt)
     device = next(model.parameters()).device
     tokenizer = processor.tokenizer
-    eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    eos_id = tokenizer.convert_tokens_to_ids(END_OF_TURN)
     kwargs = dict(
         max_new_tokens=sampling.max_new_tokens,
         do_sample=sampling.do_sample,

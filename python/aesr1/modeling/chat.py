@@ -13,6 +13,9 @@ from typing import Any
 
 from aesr1.prompts import IMAGE_PLACEHOLDER, SCORING_PROMPT
 
+#: Qwen2-VL's end-of-turn token: closes every chat message, so it ends a completion (sampling's EOS).
+END_OF_TURN = "<|im_end|>"
+
 
 def user_message(prompt: str = SCORING_PROMPT) -> list[dict[str, Any]]:
     """The chat messages of one scoring request; `<image>` in `prompt` becomes the image part."""
@@ -65,7 +68,7 @@ def build_inputs(
     puts each image's hidden score into its prompt). Without `completions`: the left-padded prompt batch (`input_ids`, `attention_mask`, `pixel_values`,
     `image_grid_thw`, ...) ready for `generate`. With `completions` (one string per row, the assistant
     turn without its end token): prompt and completion concatenated, plus `completion_ids`,
-    `completion_mask` (1 on completion tokens including the closing `<|im_end|>`), `prompt_length` P
+    `completion_mask` (1 on completion tokens including the closing `END_OF_TURN`), `prompt_length` P
     and SFT `labels` (-100 outside completions).
     """
     import torch
@@ -87,7 +90,7 @@ def build_inputs(
     if completions is None:
         return batch
 
-    eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    eos_id = tokenizer.convert_tokens_to_ids(END_OF_TURN)
     pad_id = tokenizer.pad_token_id
     rows = []
     for index, completion in enumerate(completions):

@@ -12,13 +12,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from aesr1.modeling.chat import END_OF_TURN
 from aesr1.prompts import AESCOT_PROMPT, DIMENSIONS, SCORING_PROMPT
 
 #: Qwen2.5-VL's chat special tokens (same strings as the released tokenizer).
 SPECIAL_TOKENS = [
     "<|endoftext|>",
     "<|im_start|>",
-    "<|im_end|>",
+    END_OF_TURN,
     "<|vision_start|>",
     "<|vision_end|>",
     "<|image_pad|>",
@@ -34,7 +35,7 @@ CHAT_TEMPLATE = (
     "{% else %}{% for part in message['content'] %}"
     "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
     "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% endfor %}{% endif %}" + END_OF_TURN + "\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
@@ -106,7 +107,7 @@ def build_tokenizer(
     bpe.train_from_iterator(texts, trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe,
-        eos_token="<|im_end|>",
+        eos_token=END_OF_TURN,
         pad_token="<|endoftext|>",
         additional_special_tokens=SPECIAL_TOKENS[1:],
         chat_template=CHAT_TEMPLATE,
@@ -148,7 +149,7 @@ def build_model_config(tokenizer, config: TinyModelConfig | None = None):
     ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in SPECIAL_TOKENS}
     token_ids = dict(
         bos_token_id=ids["<|endoftext|>"],
-        eos_token_id=ids["<|im_end|>"],
+        eos_token_id=ids[END_OF_TURN],
         pad_token_id=ids["<|endoftext|>"],
     )
     text_config = dict(

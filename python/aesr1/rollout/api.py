@@ -22,7 +22,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from aesr1.generation import Rollout, SamplingConfig, completion_mask_until_eos, repeated_prompt_batch
-from aesr1.modeling.chat import join_completions, model_inputs
+from aesr1.modeling.chat import END_OF_TURN, join_completions, model_inputs
 from aesr1.prompts import SCORING_PROMPT
 from aesr1.rollout.engine import DecodeEngine, EngineOptions, supports_model
 from aesr1.rollout.sampling import SamplingParams, process_logits
@@ -165,7 +165,7 @@ def generate_rollouts(
         prompt_batch,
         sampling_params(sampling, model.generation_config),
         max_new_tokens=sampling.max_new_tokens,
-        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        eos_token_id=tokenizer.convert_tokens_to_ids(END_OF_TURN),
         pad_token_id=tokenizer.pad_token_id,
         seed=seed,
     )
@@ -219,7 +219,7 @@ def generate_rollouts_hf(
     prompt_batch = _prompt_batch(model, processor, images, sampling, prompt)
     device = next(model.parameters()).device
     tokenizer = processor.tokenizer
-    eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    eos_id = tokenizer.convert_tokens_to_ids(END_OF_TURN)
     recorder = SampledDistributionRecorder(sampling_params(sampling, model.generation_config))
     # neutral warpers: the recorder applies temperature/top-k/top-p so that it sees their result
     kwargs = dict(

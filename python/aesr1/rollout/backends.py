@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from aesr1.generation import Rollout, SamplingConfig, completion_mask_until_eos
-from aesr1.modeling.chat import load_images
+from aesr1.modeling.chat import END_OF_TURN, load_images
 from aesr1.prompts import SCORING_PROMPT
 from aesr1.rollout.api import _prompt_batch, _rollout, generate_rollouts
 from aesr1.rollout.engine import EngineOptions
@@ -116,7 +116,7 @@ class VLLMRollouts:
         from trl.generation.vllm_generation import VLLMGeneration
 
         self.processor = processor
-        eos_id = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+        eos_id = processor.tokenizer.convert_tokens_to_ids(END_OF_TURN)
         kwargs = dict(config.vllm_kwargs)
         generation_kwargs = {"stop_token_ids": [eos_id], **kwargs.pop("generation_kwargs", {})}
         self.generation = VLLMGeneration(
@@ -166,7 +166,7 @@ class VLLMRollouts:
             if logprobs is not None:
                 values = [step[0] if step and step[0] is not None else 0.0 for step in logprobs[row]]
                 sampled[row, : len(values)] = torch.tensor(values, dtype=torch.float32)
-        eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        eos_id = tokenizer.convert_tokens_to_ids(END_OF_TURN)
         completion_mask = completion_mask_until_eos(completion_ids, eos_id)
         lengths = torch.tensor([len(c) for c in completions]).unsqueeze(1)
         completion_mask = completion_mask * (torch.arange(width).unsqueeze(0) < lengths).long()
