@@ -45,7 +45,7 @@ class HeldOutResult:
                 "scored": float(self.scored)}  # fmt: skip
 
 
-def correlations(pred: np.ndarray, gt: np.ndarray) -> tuple[float, float]:
+def plcc_srcc(pred: np.ndarray, gt: np.ndarray) -> tuple[float, float]:
     """(PLCC, SRCC) over the finite predictions via `aesr1.metrics`; NaN when undefined."""
     import warnings
 
@@ -99,7 +99,7 @@ def evaluate_policy(
     counts = parsed.sum(axis=1)
     pred = np.where(counts > 0, np.where(parsed, scores, 0.0).sum(axis=1) / np.maximum(counts, 1), np.nan)
     gt = np.asarray([i.score for i in items], dtype=np.float64)
-    plcc, srcc = correlations(pred, gt)
+    plcc, srcc = plcc_srcc(pred, gt)
     return HeldOutResult(
         plcc=plcc,
         srcc=srcc,
