@@ -254,8 +254,16 @@ struct Sorted {
 
 impl Sorted {
     fn new(v: &[f64]) -> Self {
-        let mut keys: Vec<u64> = v.iter().map(|&a| order_key(a)).collect();
-        let mut order: Vec<u32> = (0..v.len() as u32).collect();
+        let mut keys: Vec<u64> = Vec::new();
+        v.par_iter()
+            .with_min_len(CHUNK)
+            .map(|&a| order_key(a))
+            .collect_into_vec(&mut keys);
+        let mut order: Vec<u32> = Vec::new();
+        (0..v.len() as u32)
+            .into_par_iter()
+            .with_min_len(CHUNK)
+            .collect_into_vec(&mut order);
         radix_sort(&mut keys, &mut order);
         Self { keys, order }
     }
@@ -277,13 +285,41 @@ impl Sorted {
     }
 }
 
+/// Work unit of the parallel phases (radix passes, ranking, gathers): many more units than
+/// threads, so that when one thread is slowed (another process on its core) the others take
+/// over its share instead of waiting for it; large enough that scheduling costs stay small.
+const CHUNK: usize = 1 << 14;
+
+/// Raw destination for parallel writes to distinct indices of one buffer.
+struct SharedMut<T>(*mut T);
+
+// SAFETY: the pointer is only written through `write`, whose callers guarantee that no index is
+// written by two tasks and that nothing reads the buffer meanwhile.
+unsafe impl<T: Send> Sync for SharedMut<T> {}
+
+impl<T> SharedMut<T> {
+    fn new(buf: &mut [T]) -> Self {
+        Self(buf.as_mut_ptr())
+    }
+
+    /// # Safety
+    /// `i` is in bounds of the buffer, and no other task writes or reads index `i` while the
+    /// buffer is shared.
+    #[inline(always)]
+    unsafe fn write(&self, i: usize, v: T) {
+        // SAFETY: guaranteed by the caller.
+        unsafe { self.0.add(i).write(v) }
+    }
+}
+
 /// Stable LSD radix sort of `keys`, carrying `order` along: 8 bits per pass (256 buckets keep
 /// the scatter in cache), skipping passes whose digit is the same for every element (common for
-/// scores in [0, 1], whose top bits agree). All histograms come from one read of the keys.
+/// scores in [0, 1], whose top bits agree).
+///
+/// Large inputs are sorted in parallel: each pass counts digits per chunk, and every chunk then
+/// scatters into its own slots of each bucket. The slots follow chunk order, so the result is
+/// that of the sequential sort whatever the number of threads.
 fn radix_sort(keys: &mut Vec<u64>, order: &mut Vec<u32>) {
-    const BITS: u32 = 8;
-    const BUCKETS: usize = 1 << BITS;
-    const PASSES: usize = 64 / BITS as usize;
     let n = keys.len();
     if n < 256 {
         let mut pairs: Vec<(u64, u32)> = keys.iter().copied().zip(order.iter().copied()).collect();
@@ -291,6 +327,86 @@ fn radix_sort(keys: &mut Vec<u64>, order: &mut Vec<u32>) {
         (*keys, *order) = pairs.into_iter().unzip();
         return;
     }
+    if n < 4 * CHUNK || rayon::current_num_threads() == 1 {
+        // Counting digits again on every pass is the price of the parallel scatter: a fifth
+        // more memory traffic, which only pays with a second thread.
+        radix_sort_sequential(keys, order);
+    } else {
+        radix_sort_parallel(keys, order);
+    }
+}
+
+fn radix_sort_parallel(keys: &mut Vec<u64>, order: &mut Vec<u32>) {
+    const BITS: u32 = 8;
+    const BUCKETS: usize = 1 << BITS;
+    const PASSES: u32 = 64 / BITS;
+    let n = keys.len();
+    let first = keys[0];
+    let varying = keys
+        .par_iter()
+        .with_min_len(CHUNK)
+        .map(|&k| k ^ first)
+        .reduce(|| 0, |a, b| a | b);
+    let digit = |k: u64, shift: u32| ((k >> shift) as usize) & (BUCKETS - 1);
+    let mut next_keys = vec![0u64; n];
+    let mut next_order = vec![0u32; n];
+    for pass in 0..PASSES {
+        let shift = pass * BITS;
+        if digit(varying, shift) == 0 {
+            continue;
+        }
+        // Per chunk and digit, the first slot the chunk writes: digits in order, and within a
+        // digit the chunks in order (which keeps the sort stable).
+        let mut slots: Vec<[usize; BUCKETS]> = keys
+            .par_chunks(CHUNK)
+            .map(|chunk| {
+                let mut h = [0usize; BUCKETS];
+                for &k in chunk {
+                    h[digit(k, shift)] += 1;
+                }
+                h
+            })
+            .collect();
+        let mut sum = 0;
+        for d in 0..BUCKETS {
+            for h in slots.iter_mut() {
+                let here = h[d];
+                h[d] = sum;
+                sum += here;
+            }
+        }
+        let (to_keys, to_order) = (
+            SharedMut::new(&mut next_keys),
+            SharedMut::new(&mut next_order),
+        );
+        keys.par_chunks(CHUNK)
+            .zip(order.par_chunks(CHUNK))
+            .zip(slots.par_iter_mut())
+            .for_each(|((ks, is), slot)| {
+                for (&k, &i) in ks.iter().zip(is) {
+                    let d = digit(k, shift);
+                    let to = slot[d];
+                    slot[d] += 1;
+                    // SAFETY: a chunk's slots for digit d are the `count(chunk, d)` indices from
+                    // its start above, disjoint from every other (chunk, digit) and below n; the
+                    // buffers are not read until `for_each` returns.
+                    unsafe {
+                        to_keys.write(to, k);
+                        to_order.write(to, i);
+                    }
+                }
+            });
+        std::mem::swap(keys, &mut next_keys);
+        std::mem::swap(order, &mut next_order);
+    }
+}
+
+/// `radix_sort` on one thread: all digit counts from one read of the keys.
+fn radix_sort_sequential(keys: &mut Vec<u64>, order: &mut Vec<u32>) {
+    const BITS: u32 = 8;
+    const BUCKETS: usize = 1 << BITS;
+    const PASSES: usize = 64 / BITS as usize;
+    let n = keys.len();
     let mut counts = vec![[0usize; BUCKETS]; PASSES];
     for &k in keys.iter() {
         for (pass, c) in counts.iter_mut().enumerate() {
@@ -326,14 +442,39 @@ fn radix_sort(keys: &mut Vec<u64>, order: &mut Vec<u32>) {
 /// doubling makes it an integer.
 fn doubled_average_ranks(v: &[f64]) -> Vec<u64> {
     let sorted = Sorted::new(v);
+    let keys = &sorted.keys;
     let mut ranks = vec![0u64; v.len()];
-    for (start, end) in sorted.tie_runs() {
-        // Ranks start+1 ..= end: mean (start + 1 + end) / 2.
-        let doubled = (start + 1 + end) as u64;
-        for &i in &sorted.order[start..end] {
-            ranks[i as usize] = doubled;
-        }
-    }
+    let out = SharedMut::new(&mut ranks);
+    sorted
+        .order
+        .par_chunks(CHUNK)
+        .enumerate()
+        .for_each(|(c, indices)| {
+            // Sorted positions lo..hi; a tie run may start before lo or end after hi, so its
+            // bounds are searched for (at most twice per chunk).
+            let (lo, hi) = (c * CHUNK, c * CHUNK + indices.len());
+            let mut start = keys[..lo].partition_point(|&k| k < keys[lo]);
+            let mut pos = lo;
+            while pos < hi {
+                let key = keys[pos];
+                let mut end = pos + 1;
+                while end < hi && keys[end] == key {
+                    end += 1;
+                }
+                if end == hi {
+                    end = hi + keys[hi..].partition_point(|&k| k <= key);
+                }
+                // Ranks start+1 ..= end: mean (start + 1 + end) / 2.
+                let doubled = (start + 1 + end) as u64;
+                for &i in &indices[pos - lo..end.min(hi) - lo] {
+                    // SAFETY: `order` is a permutation of 0..n, so each index is written once,
+                    // by the chunk holding its sorted position; `ranks` is read after `for_each`.
+                    unsafe { out.write(i as usize, doubled) };
+                }
+                start = end;
+                pos = end;
+            }
+        });
     ranks
 }
 
@@ -388,11 +529,12 @@ fn tied_pairs<T: PartialEq>(sorted: &[T]) -> u64 {
 fn kendall_tau_b(x: &[f64], y: &[f64]) -> f64 {
     let n = x.len() as u64;
     let by_x = Sorted::new(x);
-    let mut seq: Vec<u64> = by_x
-        .order
-        .iter()
+    let mut seq: Vec<u64> = Vec::new();
+    by_x.order
+        .par_iter()
+        .with_min_len(CHUNK)
         .map(|&i| order_key(y[i as usize]))
-        .collect();
+        .collect_into_vec(&mut seq);
     let (mut xtie, mut ntie) = (0u64, 0u64);
     for (start, end) in by_x.tie_runs() {
         if end - start > 1 {
@@ -436,8 +578,9 @@ fn sort_in_place(v: &mut [u64], tmp: &mut [u64]) -> u64 {
     let mid = v.len() / 2;
     let (vl, vr) = v.split_at_mut(mid);
     let (tl, tr) = tmp.split_at_mut(mid);
-    let (a, b) = join_if(v_len_large(mid), || sort_into(vl, tl), || sort_into(vr, tr));
-    a + b + merge_count(tl, tr, v)
+    let parallel = v_len_large(mid);
+    let (a, b) = join_if(parallel, || sort_into(vl, tl), || sort_into(vr, tr));
+    a + b + merge(parallel, tl, tr, v)
 }
 
 /// Sorts the contents of `v` into `out` (`v` is scratch afterwards); returns the inversions.
@@ -449,12 +592,9 @@ fn sort_into(v: &mut [u64], out: &mut [u64]) -> u64 {
     let mid = v.len() / 2;
     let (vl, vr) = v.split_at_mut(mid);
     let (ol, or) = out.split_at_mut(mid);
-    let (a, b) = join_if(
-        v_len_large(mid),
-        || sort_in_place(vl, ol),
-        || sort_in_place(vr, or),
-    );
-    a + b + merge_count(vl, vr, out)
+    let parallel = v_len_large(mid);
+    let (a, b) = join_if(parallel, || sort_in_place(vl, ol), || sort_in_place(vr, or));
+    a + b + merge(parallel, vl, vr, out)
 }
 
 fn v_len_large(half: usize) -> bool {
@@ -471,6 +611,44 @@ fn join_if<A: Send, B: Send>(
     } else {
         (a(), b())
     }
+}
+
+fn merge(parallel: bool, a: &[u64], b: &[u64], out: &mut [u64]) -> u64 {
+    if parallel {
+        merge_count_par(a, b, out)
+    } else {
+        merge_count(a, b, out)
+    }
+}
+
+/// `merge_count` split into independent pieces, so that the top merges of the sort, which are
+/// otherwise one long sequential task each, are shared between threads.
+///
+/// The larger input is cut at its middle element e; the other input splits where its elements
+/// stop going before e in `merge_count`'s order (ties: `a` first). Output and count are those of
+/// `merge_count`: every pair across the cut is either an inversion for certain or for certain
+/// not.
+fn merge_count_par(a: &[u64], b: &[u64], out: &mut [u64]) -> u64 {
+    if a.len() + b.len() <= CHUNK || a.is_empty() || b.is_empty() {
+        return merge_count(a, b, out);
+    }
+    let (i, j) = if a.len() >= b.len() {
+        let i = a.len() / 2;
+        (i, b.partition_point(|&y| y < a[i]))
+    } else {
+        let j = b.len() / 2;
+        (a.partition_point(|&x| x <= b[j]), j)
+    };
+    // a[i..] against b[..j]: every such pair is an inversion (b's part is below the cut
+    // element, a's part is above it or, for a cut in b, strictly above); a[..i] against b[j..]:
+    // none is.
+    let across = (a.len() - i) as u64 * j as u64;
+    let (lo, hi) = out.split_at_mut(i + j);
+    let (x, y) = rayon::join(
+        || merge_count_par(&a[..i], &b[..j], lo),
+        || merge_count_par(&a[i..], &b[j..], hi),
+    );
+    x + y + across
 }
 
 fn insertion_sort(v: &mut [u64]) -> u64 {
@@ -518,7 +696,7 @@ mod tests {
     #[test]
     fn radix_sort_matches_std_sort() {
         let mut state = 12345u64;
-        let values: Vec<f64> = (0..10_000)
+        let values: Vec<f64> = (0..200_000)
             .map(|i| {
                 state = state
                     .wrapping_mul(6364136223846793005)
@@ -531,21 +709,69 @@ mod tests {
                 }
             })
             .collect();
-        let sorted = Sorted::new(&values);
+        let keys: Vec<u64> = values.iter().map(|&v| order_key(v)).collect();
+        let order: Vec<u32> = (0..values.len() as u32).collect();
         let mut expected: Vec<(u64, u32)> = values
             .iter()
             .enumerate()
             .map(|(i, &v)| (order_key(v), i as u32))
             .collect();
         expected.sort();
-        assert_eq!(
-            sorted.keys,
-            expected.iter().map(|p| p.0).collect::<Vec<_>>()
-        );
-        assert_eq!(
-            sorted.order,
-            expected.iter().map(|p| p.1).collect::<Vec<_>>()
-        );
+        let (expected_keys, expected_order): (Vec<u64>, Vec<u32>) = expected.into_iter().unzip();
+        for sort in [radix_sort_sequential, radix_sort_parallel] {
+            let (mut k, mut o) = (keys.clone(), order.clone());
+            sort(&mut k, &mut o);
+            assert_eq!(k, expected_keys);
+            assert_eq!(o, expected_order);
+        }
+    }
+
+    /// Tie runs longer than a chunk and crossing chunk borders, against a sequential reference.
+    #[test]
+    fn parallel_ranks_and_inversions_match_sequential() {
+        let mut state = 99u64;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            state >> 11
+        };
+        for distinct in [2u64, 7, 1000, 1 << 40] {
+            let values: Vec<f64> = (0..150_000).map(|_| (next() % distinct) as f64).collect();
+            let mut pairs: Vec<(f64, usize)> = values.iter().copied().zip(0..).collect();
+            pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let mut expected = vec![0u64; values.len()];
+            let mut start = 0;
+            while start < pairs.len() {
+                let end = start
+                    + pairs[start..]
+                        .iter()
+                        .take_while(|p| p.0 == pairs[start].0)
+                        .count();
+                for p in &pairs[start..end] {
+                    expected[p.1] = (start + 1 + end) as u64;
+                }
+                start = end;
+            }
+            assert_eq!(doubled_average_ranks(&values), expected);
+
+            let keys: Vec<u64> = values.iter().map(|&v| order_key(v)).collect();
+            let (a, b) = keys.split_at(keys.len() / 3);
+            let (mut a, mut b) = (a.to_vec(), b.to_vec());
+            a.sort_unstable();
+            b.sort_unstable();
+            let (mut seq, mut par) = (vec![0; keys.len()], vec![0; keys.len()]);
+            assert_eq!(
+                merge_count(&a, &b, &mut seq),
+                merge_count_par(&a, &b, &mut par)
+            );
+            assert_eq!(seq, par);
+            assert_eq!(
+                merge_count(&b, &a, &mut seq),
+                merge_count_par(&b, &a, &mut par)
+            );
+            assert_eq!(seq, par);
+        }
     }
 
     #[test]
