@@ -186,7 +186,11 @@ def busy_host_rows(rounds: int, repeats: int) -> list[tuple[str, float, float]]:
     for m, scipy_name in (("srcc", "spearmanr"), ("krcc", "kendalltau")):
         for threads in (1, 2):
             rows.append(
-                (f"busy host: {m} n=1e6, {threads} thread(s) vs scipy.stats.{scipy_name}", best[threads, m], scipy_best[m])
+                (
+                    f"busy host: {m} n=1e6, {threads} thread(s) vs scipy.stats.{scipy_name}",
+                    best[threads, m],
+                    scipy_best[m],
+                )
             )
         rows.append(
             (f"busy host: {m} 2 threads vs 1 thread (speed-up > 1: 2 faster)", best[2, m], best[1, m])
