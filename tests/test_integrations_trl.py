@@ -522,7 +522,7 @@ def test_grpo_trainer_with_the_tiny_qwen2_5_vl_and_an_image_column(tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 
-def _distributed_worker(out_dir: Path) -> None:
+def _distributed_worker(out_dir: Path):
     """Runs on each rank: a GRPOTrainer whose groups of 2 straddle ranks, then direct calls."""
     import torch.distributed as dist
 
@@ -556,10 +556,8 @@ def _distributed_worker(out_dir: Path) -> None:
     except TypeError as err:
         record["error"] = str(err)
     (out_dir / f"rank{rank}.json").write_text(json.dumps(record))
-    # Tear gloo down explicitly: left to interpreter shutdown, its threads can abort the process
-    # ("terminate called without an active exception") after all the work is done.
     dist.barrier()
-    dist.destroy_process_group()
+    return trainer
 
 
 def test_two_processes_groups_straddling_ranks_get_rapo_of_the_gathered_batch(tmp_path):
@@ -597,10 +595,12 @@ def test_two_processes_groups_straddling_ranks_get_rapo_of_the_gathered_batch(tm
 
 
 if __name__ == "__main__":
-    _distributed_worker(Path(os.environ["AESR1_TEST_OUT"]))
-    # Even after the explicit teardown, a library thread destroyed during interpreter shutdown
-    # occasionally aborts a rank ("terminate called without an active exception"; seen about once
-    # in five runs with DeepSpeed installed). The rank's results are on disk: leave without teardown.
+    # The rank's results are on disk: leave without tearing anything down. Freeing the trainer frees
+    # DDP's reducer, whose gloo process group joins its worker thread while holding the GIL, and that
+    # thread may be waiting for the GIL to release a tensor: a deadlock (seen as a hung rank).
+    # Interpreter shutdown can also abort a rank ("terminate called without an active exception").
+    # So the trainer is kept alive until os._exit.
+    trainer = _distributed_worker(Path(os.environ["AESR1_TEST_OUT"]))
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
