@@ -6,6 +6,8 @@ The cpu-triton cases run the real kernels in Triton's interpreter (TRITON_INTERP
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import math
 
 import pytest
@@ -23,7 +25,7 @@ from test_loss_reference import (
     require_backend,
 )
 
-from aesr1.loss import METRIC_NAMES, RapoLossConfig, rapo_loss, token_logprobs
+from aesr1.loss import METRIC_NAMES, RapoLossConfig, rapo_loss, rapo_loss_from_hidden, token_logprobs
 from aesr1.triton_kernels import rapo_loss as kernels
 from aesr1.triton_kernels.rapo_loss import RapoHyperparams, rapo_token_forward
 
@@ -336,6 +338,18 @@ def test_config_dataclass_feeds_the_keywords():
         eps_high=0.2,
     )
     torch.testing.assert_close(loss.double(), ref_loss, rtol=1e-5, atol=1e-7)
+
+
+def test_every_loss_default_comes_from_the_config():
+    """`RapoLossConfig` is the one place of the defaults: the functions and the kernels' scalars agree."""
+    defaults = RapoLossConfig()
+    for function in (rapo_loss, rapo_loss_from_hidden):
+        parameters = inspect.signature(function).parameters
+        for field in dataclasses.fields(RapoLossConfig):
+            assert parameters[field.name].default == getattr(defaults, field.name), (function, field.name)
+    scalars = RapoHyperparams()
+    for field in dataclasses.fields(RapoHyperparams):
+        assert getattr(scalars, field.name) == getattr(defaults, field.name), field.name
 
 
 # ------------------------------------------------------------------------------------------------

@@ -28,11 +28,9 @@ backward may run once. The gradient is computed in fp32 and rounded once to the 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Literal
-
 import torch
 
+from aesr1.loss_config import AGGREGATIONS, BACKENDS, Aggregation, Backend, RapoLossConfig
 from aesr1.triton_kernels._launch import triton_available
 from aesr1.triton_kernels.fused_linear_rapo import (
     FusedLinearRapoFunction,
@@ -51,6 +49,7 @@ from aesr1.triton_kernels.token_logprobs import token_logprobs_forward
 
 __all__ = [
     "AGGREGATIONS",
+    "BACKENDS",
     "KL_LOG_RATIO_CLAMP",
     "KL_VALUE_CLAMP",
     "METRIC_NAMES",
@@ -61,9 +60,6 @@ __all__ = [
     "token_logprobs",
 ]
 
-Aggregation = Literal["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"]
-Backend = Literal["auto", "triton", "torch"]
-AGGREGATIONS: tuple[str, ...] = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
 METRIC_NAMES: tuple[str, ...] = (
     "kl",
     "clip_frac_low",
@@ -74,31 +70,6 @@ METRIC_NAMES: tuple[str, ...] = (
     "ratio_max",
 )
 _LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-
-
-@dataclass
-class RapoLossConfig:
-    """Hyperparameters of the RAPO loss; `rapo_loss(..., **config.as_kwargs())`.
-
-    eps_low: lower clip range of the ratio, 1 - eps_low (paper: 0.2).
-    eps_high: upper clip range, 1 + eps_high (paper Appendix C: 0.28, DAPO clip-higher).
-    beta: k3 KL coefficient (paper Appendix C: 0.01); 0 drops the term and the need for ref_logp.
-    temperature: the sampling temperature; logits are divided by it.
-    aggregation: one of `AGGREGATIONS` (default Eq. 10's per-sequence token mean).
-    kl_clamp: verl's low_var_kl clamps on the KL term (log-ratio to +-20, value to +-10).
-    max_completion_length: Dr. GRPO's constant normaliser; None = the padded length T.
-    """
-
-    eps_low: float = 0.2
-    eps_high: float = 0.28
-    beta: float = 0.01
-    temperature: float = 1.0
-    aggregation: Aggregation = "seq-mean-token-mean"
-    kl_clamp: bool = False
-    max_completion_length: int | None = None
-
-    def as_kwargs(self) -> dict:
-        return asdict(self)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -201,7 +172,7 @@ def _resolve_backend(backend: str, device: torch.device) -> str:
     if backend == "torch":
         return backend
     if backend != "triton":
-        raise ValueError(f"backend: expected 'auto', 'triton' or 'torch', got {backend!r}")
+        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
     if not triton_available():
         raise ValueError("backend: 'triton' requested but Triton is not installed")
     if not triton_runs_on(device):
@@ -361,17 +332,17 @@ def rapo_loss(
     advantages: torch.Tensor,
     mask: torch.Tensor,
     *,
-    eps_low: float = 0.2,
-    eps_high: float = 0.28,
-    beta: float = 0.01,
-    temperature: float = 1.0,
-    aggregation: Aggregation = "seq-mean-token-mean",
+    eps_low: float = RapoLossConfig.eps_low,
+    eps_high: float = RapoLossConfig.eps_high,
+    beta: float = RapoLossConfig.beta,
+    temperature: float = RapoLossConfig.temperature,
+    aggregation: Aggregation = RapoLossConfig.aggregation,
     inplace: bool = False,
-    kl_clamp: bool = False,
+    kl_clamp: bool = RapoLossConfig.kl_clamp,
     num_sequences: int | float | torch.Tensor | None = None,
     num_tokens: int | float | torch.Tensor | None = None,
-    max_completion_length: int | None = None,
-    backend: Backend = "auto",
+    max_completion_length: int | None = RapoLossConfig.max_completion_length,
+    backend: Backend = RapoLossConfig.backend,
     deferred_checks: list | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """RAPO policy loss (negated Eq. 10 with the Eq. 12 KL) and its metrics, from logits.
@@ -445,18 +416,18 @@ def rapo_loss_from_hidden(
     advantages: torch.Tensor,
     mask: torch.Tensor,
     *,
-    eps_low: float = 0.2,
-    eps_high: float = 0.28,
-    beta: float = 0.01,
-    temperature: float = 1.0,
-    aggregation: Aggregation = "seq-mean-token-mean",
-    kl_clamp: bool = False,
+    eps_low: float = RapoLossConfig.eps_low,
+    eps_high: float = RapoLossConfig.eps_high,
+    beta: float = RapoLossConfig.beta,
+    temperature: float = RapoLossConfig.temperature,
+    aggregation: Aggregation = RapoLossConfig.aggregation,
+    kl_clamp: bool = RapoLossConfig.kl_clamp,
     num_sequences: int | float | torch.Tensor | None = None,
     num_tokens: int | float | torch.Tensor | None = None,
-    max_completion_length: int | None = None,
+    max_completion_length: int | None = RapoLossConfig.max_completion_length,
     chunk_size: int | None = None,
     weight_grad_dtype: torch.dtype | None = None,
-    backend: Backend = "auto",
+    backend: Backend = RapoLossConfig.backend,
     deferred_checks: list | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """`rapo_loss` for logits = hidden @ lm_head_weight^T, without materialising all the logits.
@@ -552,11 +523,11 @@ def rapo_loss_from_hidden(
 def token_logprobs(
     logits: torch.Tensor,
     completion_ids: torch.Tensor,
-    temperature: float = 1.0,
+    temperature: float = RapoLossConfig.temperature,
     entropy: bool = False,
     *,
     mask: torch.Tensor | None = None,
-    backend: Backend = "auto",
+    backend: Backend = RapoLossConfig.backend,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """log_softmax(logits / temperature)[completion_ids] in fp32, (B, T); no gradient.
 

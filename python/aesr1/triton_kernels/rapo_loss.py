@@ -22,6 +22,8 @@ from typing import NamedTuple
 
 import torch
 
+from aesr1.loss_config import RapoLossConfig
+
 from ._launch import kernels_interpreted, tl, triton
 
 __all__ = [
@@ -54,7 +56,7 @@ _TORCH_CHUNK_ELEMENTS = 1 << 24
 
 @dataclass(frozen=True)
 class RapoHyperparams:
-    """Scalars of the RAPO objective (paper Eq. 10-12 and Appendix C).
+    """Scalars of the RAPO objective (paper Eq. 10-12 and Appendix C), defaults from `RapoLossConfig`.
 
     temperature: logits are divided by it before the softmax.
     eps_low, eps_high: clip range [1 - eps_low, 1 + eps_high] of the ratio (DAPO clip-higher).
@@ -62,11 +64,11 @@ class RapoHyperparams:
     kl_clamp: apply verl's low_var_kl clamps (`KL_LOG_RATIO_CLAMP`, `KL_VALUE_CLAMP`) to the KL term.
     """
 
-    temperature: float = 1.0
-    eps_low: float = 0.2
-    eps_high: float = 0.28
-    beta: float = 0.01
-    kl_clamp: bool = False
+    temperature: float = RapoLossConfig.temperature
+    eps_low: float = RapoLossConfig.eps_low
+    eps_high: float = RapoLossConfig.eps_high
+    beta: float = RapoLossConfig.beta
+    kl_clamp: bool = RapoLossConfig.kl_clamp
 
 
 class TokenTerms(NamedTuple):
