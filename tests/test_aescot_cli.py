@@ -19,7 +19,7 @@ def error_line(capsys) -> str:
 def test_build_with_a_missing_score_file_says_so(tmp_path, capsys, name):
     data = tmp_path / name
     code = cli_main(
-        ["build", "--data", str(data), "--expert", "template", "--out", str(tmp_path / "o.jsonl")]
+        ["build", "--data", str(data), "--expert", "template", "--output-dir", str(tmp_path / "o")]
     )
     line = error_line(capsys)
     assert code == 2
@@ -30,7 +30,9 @@ def test_build_with_a_folder_named_like_a_score_file(tmp_path, capsys):
     folder = tmp_path / "scores.csv"
     folder.mkdir()
     assert (
-        cli_main(["build", "--data", str(folder), "--expert", "template", "--out", str(tmp_path / "o.jsonl")])
+        cli_main(
+            ["build", "--data", str(folder), "--expert", "template", "--output-dir", str(tmp_path / "o")]
+        )
         == 2
     )
     line = error_line(capsys)
@@ -46,8 +48,8 @@ def test_build_keeps_unknown_dataset_names(tmp_path, capsys):
                 "nosuchset:/x.csv",
                 "--expert",
                 "template",
-                "--out",
-                str(tmp_path / "o.jsonl"),
+                "--output-dir",
+                str(tmp_path / "o"),
             ]
         )
         == 2
@@ -83,9 +85,9 @@ def test_check_leakage_with_an_unreadable_path(tmp_path, capsys, kind):
 
 def test_build_into_a_path_under_a_regular_file_is_one_error_line(tmp_path, capsys):
     (tmp_path / "file").write_text("not a folder")
-    out = tmp_path / "file" / "o.jsonl"
+    out = tmp_path / "file" / "o"
     data = f"synthetic:{tmp_path / 'syn'}?n=4&image_size=32"
-    code = cli_main(["build", "--data", data, "--expert", "template", "--out", str(out)])
+    code = cli_main(["build", "--data", data, "--expert", "template", "--output-dir", str(out)])
     line = error_line(capsys)
     assert code == 2 and f"{tmp_path / 'file'}" in line and "Errno" not in line
     assert "Not a directory" in line or "File exists" in line

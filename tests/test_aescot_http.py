@@ -558,7 +558,7 @@ def test_kill_midway_then_rerun_has_no_duplicates_and_no_losses(server, tmp_path
     expected = {r["id"] for r in read_jsonl(reference)}
     assert len(expected) == 15
 
-    out = tmp_path / "killed.jsonl"
+    out = tmp_path / "killed" / "aescot.jsonl"
     command = [
         sys.executable,
         "-m",
@@ -570,12 +570,12 @@ def test_kill_midway_then_rerun_has_no_duplicates_and_no_losses(server, tmp_path
         "chat",
         "--base-url",
         server.base_url,
-        "--model",
+        "--expert-model",
         "fake-vlm",
         "--api-key-env",
         "",
-        "--out",
-        str(out),
+        "--output-dir",
+        str(out.parent),
         "--per-bin",
         "5",
         "--concurrency",

@@ -441,7 +441,7 @@ def test_missing_image_is_dropped(synthetic, tmp_path):
 
 def test_cli_template_build_and_check_leakage(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("AESR1_CACHE_DIR", str(tmp_path / "cache"))
-    out = tmp_path / "cli.jsonl"
+    out = tmp_path / "cli" / "aescot.jsonl"
     code = cli_main(
         [
             "build",
@@ -449,8 +449,8 @@ def test_cli_template_build_and_check_leakage(tmp_path, monkeypatch, capsys):
             "synthetic?n=150&image_size=16",
             "--expert",
             "template",
-            "--out",
-            str(out),
+            "--output-dir",
+            str(out.parent),
             "--per-bin",
             "4",
             "--good",
@@ -461,17 +461,17 @@ def test_cli_template_build_and_check_leakage(tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out
     assert code == 0 and "complete" in printed and "report saved" in printed
     assert Counter(r["bin"] for r in _lines(out)) == {"bad": 4, "fair": 4, "good": 2}
-    assert json.loads((tmp_path / "cli.report.json").read_text())["judge"] == "template"
+    assert json.loads((tmp_path / "cli" / "aescot.report.json").read_text())["judge"] == "template"
 
     assert cli_main(["check-leakage", "Overall, a fair picture.", "I rate it 0.4."]) == 1
     printed = capsys.readouterr().out
     assert "arg0: clean" in printed and "arg1: LEAK" in printed and "1 of 2 leak" in printed
     assert cli_main(["check-leakage", "--file", str(out)]) == 0
 
+    assert cli_main(["build", "--data", "synthetic", "--expert", "template", "--output-dir", str(out)]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
     assert (
-        cli_main(["build", "--data", "synthetic", "--expert", "template", "--out", str(tmp_path / "x.csv")])
+        cli_main(["build", "--data", "nosuchset:/x", "--expert", "template", "--output-dir", str(out.parent)])
         == 2
     )
-    assert "--out must be a .jsonl" in capsys.readouterr().err
-    assert cli_main(["build", "--data", "nosuchset:/x", "--expert", "template", "--out", str(out)]) == 2
     assert "unknown dataset" in capsys.readouterr().err

@@ -91,7 +91,7 @@ def test_cli_with_a_saved_checkpoint(tiny, items, tmp_path, capsys):
     processor.save_pretrained(checkpoint)
     data = tmp_path / "scores.jsonl"
     data.write_text("".join(json.dumps({"image": i.image, "score": i.score}) + "\n" for i in items[:3]))
-    out = tmp_path / "cli.jsonl"
+    out = tmp_path / "cli" / "aescot.jsonl"
     code = cli_main(
         [
             "build",
@@ -99,14 +99,14 @@ def test_cli_with_a_saved_checkpoint(tiny, items, tmp_path, capsys):
             str(data),
             "--expert",
             "transformers",
-            "--model-path",
+            "--model",
             str(checkpoint),
             "--max-new-tokens",
             "4",
             "--per-bin",
             "3",
-            "--out",
-            str(out),
+            "--output-dir",
+            str(out.parent),
             "--no-progress",
         ]
     )
@@ -122,5 +122,8 @@ def test_cli_with_a_saved_checkpoint(tiny, items, tmp_path, capsys):
         "truncated" in r["detail"] or "too short" in r["detail"]
         for r in read_jsonl(OutputPaths.for_output(out).rejects)
     )
-    assert cli_main(["build", "--data", str(data), "--expert", "transformers", "--out", str(out)]) == 2
-    assert "--model-path" in capsys.readouterr().err
+    assert (
+        cli_main(["build", "--data", str(data), "--expert", "transformers", "--output-dir", str(out.parent)])
+        == 2
+    )
+    assert "--expert transformers needs --model" in capsys.readouterr().err

@@ -277,7 +277,15 @@ def test_eval_cli_rejects_dtype_and_device_before_loading(tmp_path, model_dir, m
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     data = write_csv_dataset(tmp_path / "pics")
-    common = ["--model", str(model_dir), "--data", data, "--output", str(tmp_path / "out"), "--quiet"]
+    common = [
+        "--model",
+        str(model_dir),
+        "--data",
+        data,
+        "--output-dir",
+        str(tmp_path / "out"),
+        "--no-progress",
+    ]
     assert main([*common, "--dtype", "bogus"]) == 2
     assert "error: dtype must be one of" in capsys.readouterr().err
     assert main([*common, "--device", "cuda"]) == 2
@@ -306,7 +314,17 @@ def scripted_model(tmp_path, monkeypatch):
 
 def eval_args(tmp_path, model: Path, output: Path) -> list[str]:
     data = write_csv_dataset(tmp_path / "pics", n=6)
-    return ["--model", str(model), "--data", data, "--output", str(output), "--quiet", "--batch-size", "2"]
+    return [
+        "--model",
+        str(model),
+        "--data",
+        data,
+        "--output-dir",
+        str(output),
+        "--no-progress",
+        "--batch-size",
+        "2",
+    ]
 
 
 def test_eval_output_under_a_regular_file_fails_before_loading(tmp_path, scripted_model, capsys):
@@ -414,7 +432,7 @@ def test_score_cli_settings_and_output_errors(tmp_path, scripted_model, capsys, 
             pass
 
     monkeypatch.setattr("sys.stdout", FullStdout())
-    assert main([str(image), "--model", str(model), "--jsonl", "--quiet"]) == 1
+    assert main([str(image), "--model", str(model), "--jsonl", "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert (
         err.strip().splitlines()[-1]

@@ -326,7 +326,7 @@ def test_cli_on_tiny_model_produces_table_json_and_plots(tmp_path, tiny_model_di
     out = tmp_path / "out"
     run = subprocess.run(
         cli("--model", str(tiny_model_dir), "--datasets", "aadb,para", "--root", str(tmp_path / "data"),
-            "--output", str(out), "--max-new-tokens", "12", "--batch-size", "3", "--quiet"),
+            "--output-dir", str(out), "--max-new-tokens", "12", "--batch-size", "3", "--no-progress"),
         capture_output=True, text=True, timeout=300, env=env(), cwd=tmp_path,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
@@ -347,7 +347,8 @@ def test_cli_killed_midway_resumes_without_recomputing(tmp_path, tiny_model_dir)
     (images / "scores.csv").write_text("\n".join(lines) + "\n")
     out = tmp_path / "out"
     args = cli("--model", str(tiny_model_dir), "--data", f"csv:{images / 'scores.csv'}?range=0..1&split=all",
-               "--output", str(out), "--max-new-tokens", "24", "--batch-size", "1", "--no-plots", "--quiet")  # fmt: skip
+               "--output-dir", str(out), "--max-new-tokens", "24", "--batch-size", "1", "--no-plots",
+               "--no-progress")  # fmt: skip
     cache = out / "predictions.jsonl"
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env(), cwd=tmp_path)
     deadline = time.monotonic() + 240

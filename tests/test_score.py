@@ -129,7 +129,7 @@ def test_score_cli_on_tiny_model_prints_critique_and_score(tmp_path, overfit_mod
     for i in range(2):
         write_image(tmp_path / "photos" / f"{i}.png", i, 56)
     write_garbage(tmp_path / "photos" / "broken.jpg")
-    common = ("--model", str(overfit_model_dir), "--max-new-tokens", "24", "--quiet")
+    common = ("--model", str(overfit_model_dir), "--max-new-tokens", "24", "--no-progress")
     run = run_cli(str(tmp_path / "photos"), "--jsonl", *common, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     rows = [json.loads(line) for line in run.stdout.splitlines()]

@@ -7,7 +7,7 @@ model), and kept items are balanced over the bad / fair / good bins and written 
     from aesr1.aescot import build_dataset, TemplateExpert, TemplateJudge
     report = build_dataset(items, TemplateExpert(), "aescot.jsonl", per_bin=300, judge=TemplateJudge())
 
-Command line: ``python -m aesr1.aescot build --data ... --expert ... --out ...``.
+Command line: ``aesr1 aescot build --data ... --expert ... --output-dir DIR`` (writes ``DIR/aescot.jsonl``).
 """
 
 from aesr1.aescot.chat_client import ChatClient, ChatError, ChatFatalError, EndpointConfig

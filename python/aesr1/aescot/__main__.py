@@ -1,22 +1,23 @@
 """Build AesCoT cold-start data (generate, filter, balance), or check text for score leakage.
 
-Examples::
+`aesr1 aescot` (or `python -m aesr1.aescot`) examples; each build writes DIR/aescot.jsonl and its
+rejects, report and settings beside it::
 
     # the built-in synthetic dataset with the template expert and judge
-    python -m aesr1.aescot build --data synthetic --expert template --out aescot_synthetic.jsonl
+    aesr1 aescot build --data synthetic --expert template --output-dir aescot-synthetic
 
     # GPT-4.1 (as in the paper) or any OpenAI-compatible server (vLLM, SGLang)
     export OPENAI_API_KEY=...
-    python -m aesr1.aescot build --data ava:/data/AVA --expert chat --model gpt-4.1 \\
-        --out aescot3k.jsonl --per-bin 1000 --concurrency 16 --rpm 500
+    aesr1 aescot build --data ava:/data/AVA --expert chat --expert-model gpt-4.1 \\
+        --output-dir aescot3k --per-bin 1000 --concurrency 16 --rpm 500
 
-    python -m aesr1.aescot build --data scores.csv --expert chat --base-url http://localhost:8000/v1 \\
-        --model Qwen/Qwen2.5-VL-72B-Instruct --api-key-env '' --out aescot.jsonl
+    aesr1 aescot build --data scores.csv --expert chat --base-url http://localhost:8000/v1 \\
+        --expert-model Qwen/Qwen2.5-VL-72B-Instruct --api-key-env '' --output-dir aescot
 
     # a local transformers checkpoint
-    python -m aesr1.aescot build --data synthetic --expert transformers --model-path ./ckpt --out x.jsonl
+    aesr1 aescot build --data synthetic --expert transformers --model ./ckpt --output-dir aescot-local
 
-    python -m aesr1.aescot check-leakage "A solid seven out of ten."
+    aesr1 aescot check-leakage "A solid seven out of ten."
 """
 
 from __future__ import annotations
@@ -27,11 +28,16 @@ import os
 import sys
 from pathlib import Path
 
+from aesr1._cli_alias import add_deprecated_alias
 from aesr1.aescot.chat_client import ChatClient, ChatFatalError, EndpointConfig
 from aesr1.aescot.experts import ChatExpert, LocalModel, TemplateExpert, TransformersExpert
 from aesr1.aescot.judges import ChatJudge, TemplateJudge, TransformersJudge
 from aesr1.aescot.leakage import find_leaks, leak_reason
 from aesr1.aescot.pipeline import DEFAULT_PER_BIN, BuildConfig, build_dataset
+from aesr1.aescot.store import OUTPUT_FILE_NAME, OutputPaths
+
+PROG = "python -m aesr1.aescot"
+DEFAULT_EXPERT_MODEL = "gpt-4.1"  # the paper's expert
 
 
 def _positive_int(text: str) -> int:
@@ -61,8 +67,8 @@ def _json_object(text: str) -> dict:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m aesr1.aescot", description=__doc__.split("\n\n")[0])
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
     build = commands.add_parser("build", help="generate, filter and balance AesCoT data")
@@ -85,7 +91,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=(0.0, 1.0),
         help="LO,HI of a bare score file's scores (default 0,1)",
     )
-    data.add_argument("--out", required=True, type=Path, help="output .jsonl (resumed when it exists)")
+    data.add_argument(
+        "--output-dir",
+        type=Path,
+        metavar="DIR",
+        help=f"output folder: DIR/{OUTPUT_FILE_NAME} and its rejects, report and settings beside it "
+        "(resumed when it exists)",
+    )
+    add_deprecated_alias(
+        data,
+        "--out",
+        f"--output-dir DIR (writes DIR/{OUTPUT_FILE_NAME})",
+        dest="out",
+        type=Path,
+        default=None,
+    )
     data.add_argument(
         "--per-bin", type=_positive_int, default=DEFAULT_PER_BIN, help="kept items per bin (default 1000)"
     )
@@ -133,7 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1"),
         help="API root, e.g. http://localhost:8000/v1 (default $OPENAI_BASE_URL or OpenAI)",
     )
-    chat.add_argument("--model", default="gpt-4.1", help="model name (default gpt-4.1, the paper's expert)")
+    chat.add_argument(
+        "--expert-model",
+        default=None,
+        help=f"the endpoint's model name (default {DEFAULT_EXPERT_MODEL}, the paper's expert)",
+    )
     chat.add_argument(
         "--api-key-env", default="OPENAI_API_KEY", help="env var holding the API key ('' for none)"
     )
@@ -161,7 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     local = build.add_argument_group("local model (--expert transformers / --judge transformers)")
-    local.add_argument("--model-path", default=None, help="local vision-language checkpoint directory")
+    local.add_argument("--model", default=None, help="local vision-language checkpoint directory")
+    add_deprecated_alias(local, "--model-path", "--model", dest="model_path", default=None)
     local.add_argument("--dtype", default=None, help="torch dtype, e.g. bfloat16")
     local.add_argument("--device", default=None, help="torch device, e.g. cuda")
     local.add_argument(
@@ -175,9 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("auto", "none", "template", "chat", "openai", "transformers"),
         help="auto: template for --expert template, otherwise the expert's backend",
     )
-    judge.add_argument("--judge-model", default=None, help="judge model name (default: --model)")
+    judge.add_argument(
+        "--judge-model", default=None, help="judge's model name at the endpoint (default: --expert-model)"
+    )
     judge.add_argument("--judge-base-url", default=None, help="judge API root (default: --base-url)")
-    judge.add_argument("--judge-model-path", default=None, help="judge checkpoint (default: --model-path)")
+    judge.add_argument(
+        "--judge-model-path", default=None, help="judge's local checkpoint directory (default: --model)"
+    )
     judge.add_argument(
         "--no-judge-json-mode", action="store_true", help="do not send response_format=json_object"
     )
@@ -193,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _endpoint(args, *, model: str | None = None, base_url: str | None = None) -> EndpointConfig:
     return EndpointConfig(
         base_url=base_url or args.base_url,
-        model=model or args.model,
+        model=model or args.expert_model or DEFAULT_EXPERT_MODEL,
         api_key_env=args.api_key_env or None,
         timeout_s=args.timeout,
         max_retries=args.max_retries,
@@ -205,6 +234,25 @@ def _endpoint(args, *, model: str | None = None, base_url: str | None = None) ->
         max_image_side=args.max_image_side,
         extra_body=args.extra_body,
     )
+
+
+def _settle_model_flags(args) -> None:
+    """Catch a --model meant as an API name, merge the deprecated --model-path into --model, and
+    check that --expert transformers has its checkpoint: before any data is read."""
+    if args.expert in ("chat", "openai") and args.model is not None and args.expert_model is None:
+        # Refused rather than guessed: --model once named the chat model, so an old command line
+        # would otherwise run on the default API model or load the API name as a checkpoint.
+        raise ValueError(
+            f"--expert {args.expert}: the API model name is now --expert-model "
+            f"(e.g. --expert-model {args.model}); --model names a local checkpoint directory for "
+            "--expert/--judge transformers (with --expert chat, give --expert-model as well)"
+        )
+    if args.model_path is not None:
+        if args.model is not None and args.model != args.model_path:
+            raise ValueError("give --model only (--model-path is its deprecated spelling)")
+        args.model = args.model_path
+    if args.expert == "transformers" and not args.model:
+        raise ValueError("--expert transformers needs --model (a local checkpoint directory)")
 
 
 def _make_expert_and_judge(args):
@@ -220,9 +268,7 @@ def _make_expert_and_judge(args):
             with_dimensions=not args.no_dimensions,
         )
     elif args.expert == "transformers":
-        if not args.model_path:
-            raise ValueError("--expert transformers needs --model-path (a local checkpoint directory)")
-        local = LocalModel.from_pretrained(args.model_path, dtype=args.dtype, device=args.device)
+        local = LocalModel.from_pretrained(args.model, dtype=args.dtype, device=args.device)
         expert = TransformersExpert(
             local,
             max_new_tokens=args.max_new_tokens,
@@ -243,7 +289,7 @@ def _make_expert_and_judge(args):
     if kind in ("chat", "openai"):
         same_endpoint = (
             client is not None
-            and args.judge_model in (None, args.model)
+            and args.judge_model in (None, args.expert_model or DEFAULT_EXPERT_MODEL)
             and args.judge_base_url in (None, args.base_url)
         )
         judge_client = (
@@ -252,12 +298,27 @@ def _make_expert_and_judge(args):
             else ChatClient(_endpoint(args, model=args.judge_model, base_url=args.judge_base_url))
         )
         return expert, ChatJudge(judge_client, json_mode=not args.no_judge_json_mode)
-    path = args.judge_model_path or args.model_path
+    path = args.judge_model_path or args.model
     if not path:
-        raise ValueError("--judge transformers needs --judge-model-path or --model-path")
-    if local is None or path != args.model_path:
+        raise ValueError("--judge transformers needs --judge-model-path or --model")
+    if local is None or path != args.model:
         local = LocalModel.from_pretrained(path, dtype=args.dtype, device=args.device)
     return expert, TransformersJudge(local)
+
+
+def _output_file(args) -> Path:
+    """DIR/aescot.jsonl of --output-dir, or the file of the deprecated --out."""
+    if args.out is not None:
+        if args.output_dir is not None:
+            raise ValueError("give --output-dir only (--out is its deprecated spelling)")
+        if args.out.suffix.lower() != ".jsonl":
+            raise ValueError(f"--out must be a .jsonl file, got {str(args.out)!r}")
+        return args.out
+    if args.output_dir is None:
+        raise ValueError(f"give --output-dir DIR: the build writes DIR/{OUTPUT_FILE_NAME}")
+    if args.output_dir.exists() and not args.output_dir.is_dir():
+        raise ValueError(f"--output-dir {str(args.output_dir)!r} is a file, not a folder")
+    return args.output_dir / OUTPUT_FILE_NAME
 
 
 def _build(args) -> int:
@@ -279,15 +340,15 @@ def _build(args) -> int:
         max_critique_chars=args.max_chars,
         progress=not args.no_progress,
     )
-    if args.out.suffix.lower() != ".jsonl":
-        raise ValueError(f"--out must be a .jsonl file, got {str(args.out)!r}")
+    out = _output_file(args)
+    _settle_model_flags(args)
     items = load_items(
         args.data, split=args.split, score_range=args.score_range, progress=not args.no_progress
     )
     expert, judge = _make_expert_and_judge(args)
-    report = build_dataset(items, expert, args.out, judge=judge, config=config)
+    report = build_dataset(items, expert, out, judge=judge, config=config)
     print(report.format_table())
-    print(f"report saved to {args.out.with_name(args.out.stem + '.report.json')}")
+    print(f"report saved to {OutputPaths.for_output(out).report}")
     return 0
 
 
@@ -337,8 +398,8 @@ def _check_leakage(args) -> int:
     return 1 if leaking else 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = PROG) -> int:
+    args = build_parser(prog).parse_args(argv)
     try:
         return _build(args) if args.command == "build" else _check_leakage(args)
     except OSError as error:

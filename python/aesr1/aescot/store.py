@@ -20,6 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# The kept-items file that `build --output-dir DIR` writes, and that training finds in DIR.
+OUTPUT_FILE_NAME = "aescot.jsonl"
+
 
 @dataclass(frozen=True)
 class OutputPaths:
@@ -69,7 +72,7 @@ class OutputLock:
         except OSError as error:
             handle.close()
             raise RuntimeError(
-                f"another AesCoT build holds {self.path}; wait for it or write to another --out"
+                f"another AesCoT build holds {self.path}; wait for it or write to another --output-dir"
             ) from error
         self._handle = handle
         return self

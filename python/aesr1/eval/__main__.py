@@ -1,8 +1,8 @@
-"""`python -m aesr1.eval`: evaluate a model on IAA benchmarks, or `--compare` saved results.
+"""`aesr1 eval` (`python -m aesr1.eval`): evaluate a model on IAA benchmarks, or `--compare` results.
 
-python -m aesr1.eval --model <dir> --datasets ava,tad66k,flickr-aes,para,aadb --root <dir>
-python -m aesr1.eval --model <dir> --data ava:/data/AVA,csv:/data/mine.csv?range=1..10
-python -m aesr1.eval --compare runs/a/results.json runs/b/results.json
+aesr1 eval --model <dir> --datasets ava,tad66k,flickr-aes,para,aadb --root <dir> --output-dir runs/eval
+aesr1 eval --model <dir> --data ava:/data/AVA,csv:/data/mine.csv?range=1..10
+aesr1 eval --compare runs/a/results.json runs/b/results.json --output-dir runs   # runs/comparison.md
 """
 
 from __future__ import annotations
@@ -12,15 +12,19 @@ import logging
 import sys
 from pathlib import Path
 
+from aesr1._cli_alias import add_deprecated_alias
 from aesr1.data.registry import TABLE1_DATASETS, canonical_name, find_dataset_root
 from aesr1.eval.config import EvalConfig
 from aesr1.jsonio import os_error_message, write_text
 
+PROG = "python -m aesr1.eval"
+COMPARISON_FILE = "comparison.md"
 
-def build_parser() -> argparse.ArgumentParser:
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     defaults = EvalConfig()
     parser = argparse.ArgumentParser(
-        prog="python -m aesr1.eval",
+        prog=prog,
         description="PLCC/SRCC of a vision-language model on image aesthetics benchmarks (paper Table 1).",
     )
     parser.add_argument("--model", help="local model directory (Qwen2.5-VL style)")
@@ -33,7 +37,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", help="dataset spec 'name:root[?opt=v&...],...' (instead of --datasets/--root)"
     )
     parser.add_argument("--split", default=defaults.split, help="split to evaluate (default: %(default)s)")
-    parser.add_argument("--output", help="output directory (default: aesr1-eval/<model name>)")
+    parser.add_argument(
+        "--output-dir",
+        metavar="DIR",
+        help="output directory (default: aesr1-eval/<model name>); "
+        f"with --compare the table is also written to DIR/{COMPARISON_FILE}",
+    )
+    # `--output` names the directory, or with --compare the table's file: its own dest keeps that.
+    add_deprecated_alias(
+        parser,
+        "--output",
+        f"--output-dir DIR (--compare writes DIR/{COMPARISON_FILE})",
+        dest="output",
+        default=None,
+    )
     parser.add_argument("--samples", type=int, default=defaults.num_samples, help="completions per image; "
                         "the score is their parsed mean (default: %(default)s)")  # fmt: skip
     parser.add_argument("--temperature", type=float, default=defaults.temperature,
@@ -58,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--overwrite", action="store_true", help="discard the prediction cache instead of resuming"
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_deprecated_alias(parser, "--quiet", "--no-progress", dest="no_progress", switch=True)
     parser.add_argument(
         "--compare", nargs="+", metavar="RESULT", help="result files or directories to compare"
     )
@@ -81,24 +99,34 @@ def data_spec(args: argparse.Namespace) -> str:
     return ",".join(entries)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def write_comparison(args: argparse.Namespace, table: str) -> None:
+    """Save the `--compare` table in DIR/comparison.md of --output-dir, or the old --output file."""
+    if args.output:
+        write_text(args.output, table + "\n")
+    elif args.output_dir:
+        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+        write_text(Path(args.output_dir) / COMPARISON_FILE, table + "\n")
+
+
+def main(argv: list[str] | None = None, prog: str = PROG) -> int:
+    args = build_parser(prog).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
+        if args.output and args.output_dir:
+            raise ValueError("give --output-dir only (--output is its deprecated spelling)")
         if args.compare:
             from aesr1.eval.compare import compare_results
 
             table = compare_results(args.compare)
             print(table)
-            if args.output:
-                write_text(args.output, table + "\n")
+            write_comparison(args, table)
             return 0
         if not args.model:
             raise ValueError("--model is required (or --compare)")
         config = EvalConfig(
             model=args.model,
             data=data_spec(args),
-            output_dir=args.output or str(Path("aesr1-eval") / Path(args.model).name),
+            output_dir=args.output_dir or args.output or str(Path("aesr1-eval") / Path(args.model).name),
             split=args.split,
             num_samples=args.samples,
             temperature=args.temperature,
@@ -118,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         from aesr1.eval.runner import run_evaluation
         from aesr1.eval.table import details, table1
 
-        result = run_evaluation(config, progress=not args.quiet)
+        result = run_evaluation(config, progress=not args.no_progress)
     except (ValueError, TypeError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -1,5 +1,6 @@
-"""`python -m aesr1.score <images or folders> --model <dir>`: a critique and a score per image, as a
-readable table (default) or JSON lines (`--jsonl`), with a summary of failures on stderr."""
+"""`aesr1 score <images or folders> --model <dir>` (or `python -m aesr1.score ...`): a critique and a
+score per image, as a readable table (default) or JSON lines (`--jsonl`), with a summary of failures
+on stderr."""
 
 from __future__ import annotations
 
@@ -8,12 +9,15 @@ import json
 import os
 import sys
 
+from aesr1._cli_alias import add_deprecated_alias
 from aesr1.jsonio import os_error_message
 
+PROG = "python -m aesr1.score"
 
-def build_parser() -> argparse.ArgumentParser:
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m aesr1.score", description="Critique and aesthetic score (0-1) of each image."
+        prog=prog, description="Critique and aesthetic score (0-1) of each image."
     )
     parser.add_argument("images", nargs="+", help="image files and/or folders of images")
     parser.add_argument("--model", required=True, help="local model directory (Qwen2.5-VL style)")
@@ -27,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--recursive", action="store_true", help="also take images in sub-folders")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_deprecated_alias(parser, "--quiet", "--no-progress", dest="no_progress", switch=True)
     return parser
 
 
@@ -51,8 +56,8 @@ def print_table(results) -> None:
     Console(soft_wrap=False).print(table)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = PROG) -> int:
+    args = build_parser(prog).parse_args(argv)
     from aesr1.score import Scorer, expand_images, summary
 
     try:
@@ -76,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:
         print(f"error: {os_error_message(error)}", file=sys.stderr)
         return 1
-    results = scorer(images, progress=not args.quiet)
+    results = scorer(images, progress=not args.no_progress)
     try:
         if args.jsonl:
             for result in results:

@@ -1,11 +1,13 @@
-"""`python -m aesr1.train`: AesCoT cold-start SFT + RAPO, then held-out PLCC/SRCC.
+"""`aesr1 train` (`python -m aesr1.train`): AesCoT cold-start SFT + RAPO, then held-out PLCC/SRCC.
 
 With no arguments it runs the embedded CPU default (synthetic data, tiny Qwen2.5-VL, minutes on a
 laptop). For real models (any launcher: `accelerate launch`, `torchrun`, `deepspeed --module`)::
 
     accelerate launch --num_processes 8 -m aesr1.train --config appendix_c_qwen2_5_vl_7b \\
         --model /models/Qwen2.5-VL-7B-Instruct --data ava:/data/AVA,tad66k:/data/TAD66K \\
-        --cold-start aescot.jsonl --output-dir runs/aes-r1 --deepspeed zero3
+        --cold-start aescot/ --output-dir runs/aes-r1 --deepspeed zero3
+
+`--cold-start` takes an AesCoT JSONL file or the folder `aesr1 aescot build --output-dir` wrote.
 """
 
 from __future__ import annotations
@@ -13,20 +15,27 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import torch
 
+from aesr1.aescot.store import OUTPUT_FILE_NAME as AESCOT_FILE_NAME
 from aesr1.jsonio import check_writable, os_error_message
 
+PROG = "python -m aesr1.train"
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m aesr1.train", description=__doc__.split("\n\n")[0])
+
+def parse_args(argv: list[str] | None = None, prog: str = PROG) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--config", help="YAML config (a file, or a packaged name such as appendix_c_qwen2_5_vl_7b)"
     )
     parser.add_argument("--model", help="local Qwen2.5-VL-style checkpoint directory (model.name_or_path)")
     parser.add_argument("--data", help="dataset spec, e.g. ava:/data/AVA,tad66k:/data/TAD66K or synthetic")
-    parser.add_argument("--cold-start", help="AesCoT JSONL for the SFT stage (data.cold_start)")
+    parser.add_argument(
+        "--cold-start",
+        help=f"AesCoT JSONL for the SFT stage, or a folder holding {AESCOT_FILE_NAME} (data.cold_start)",
+    )
     parser.add_argument("--output-dir", help="where checkpoints, logs, the table and the plot go")
     parser.add_argument("--seed", type=int, help="run seed")
     parser.add_argument(
@@ -51,6 +60,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def cold_start_file(path: str) -> str:
+    """The AesCoT JSONL that `--cold-start PATH` names: PATH itself, or PATH/aescot.jsonl for the
+    folder that `aescot build --output-dir` writes."""
+    given = Path(path)
+    if given.is_dir():
+        inside = given / AESCOT_FILE_NAME
+        if not inside.is_file():
+            raise FileNotFoundError(
+                f"--cold-start {path!r}: the folder holds no {AESCOT_FILE_NAME} "
+                "(give the folder `aesr1 aescot build --output-dir` wrote, or the JSONL file itself)"
+            )
+        return str(inside)
+    if not given.is_file():
+        raise FileNotFoundError(
+            f"--cold-start {path!r}: no such file or folder "
+            f"(give an AesCoT JSONL file or a folder holding {AESCOT_FILE_NAME})"
+        )
+    return path
+
+
 def build_config(args: argparse.Namespace):
     from aesr1.train.config import TrainConfig, config_from_dict, embedded_default, load_config, set_override
 
@@ -63,7 +92,7 @@ def build_config(args: argparse.Namespace):
     if args.data:
         values.setdefault("data", {})["spec"] = args.data
     if args.cold_start:
-        values.setdefault("data", {})["cold_start"] = args.cold_start
+        values.setdefault("data", {})["cold_start"] = cold_start_file(args.cold_start)
     if args.output_dir:
         values["output_dir"] = args.output_dir
     if args.seed is not None:
@@ -77,8 +106,8 @@ def build_config(args: argparse.Namespace):
     return config_from_dict(values, config), embedded
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = PROG) -> int:
+    args = parse_args(argv, prog)
     stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
     unknown = set(stages) - {"sft", "rapo"}
     if unknown:
