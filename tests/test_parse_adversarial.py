@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import json
 import re
-import time
+import sys
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import aesr1.score
+from aesr1.aescot import jsontext, judges
 from aesr1.aescot.jsontext import json_objects
 from aesr1.aescot.judges import (
     JudgeParseError,
@@ -20,10 +23,18 @@ from aesr1.aescot.judges import (
     parse_verdict,
     verdict_band,
 )
+from aesr1.data.formats import generic
+from aesr1.data.formats.generic import _last_answer
 from aesr1.score import critique_of
 
-N = 200_000  # characters of hostile text; a quadratic parser takes minutes on it
-TIME_BOUND_S = 2.0
+try:
+    from re import _compiler as sre_compile
+    from re import _constants as sre_constants
+    from re import _parser as sre_parse
+except ImportError:  # Python 3.10
+    import sre_compile
+    import sre_constants
+    import sre_parse
 
 # ---------------------------------------------------------------------------------------------
 # Definitions: what the parsers mean, written the direct way (fine on short text).
@@ -204,49 +215,504 @@ def test_verdicts_json_cannot_parse():
 
 
 # ---------------------------------------------------------------------------------------------
-# Hostile text: linear time
+# Hostile text: linear cost
+#
+# Elapsed time depends on the machine and its load, so linearity is checked on a count that depends
+# only on the code and the text: `cost` counts the Python lines a parser runs plus the characters
+# its work in C reads (the text's str methods, the parser modules' regexes and json calls). The
+# count grows 4 times when a linear parser's text grows 4 times, 16 times for a quadratic parser.
+
+SMALL = 1_500  # characters; each parser's cost is compared at SMALL and 4 * SMALL characters
+LINEAR_RATIO = 6.0  # cost(4n) / cost(n): 4 for a linear parser, 16 for a quadratic one
+
+_REAL = SimpleNamespace(re=re, json=json)  # the modules, while the names `re` and `json` are patched
+_METER = SimpleNamespace(cost=0, root=None)
 
 
-def within_bound(function, text):
-    start = time.perf_counter()
-    try:
-        result = function(text)
-    except JudgeParseError as error:
-        result = error
-    elapsed = time.perf_counter() - start
-    assert elapsed < TIME_BOUND_S, (
-        f"{function.__name__} took {elapsed:.1f} s on {text[:40]!r}... ({len(text)} chars)"
+def _charge(chars: int) -> None:
+    _METER.cost += chars
+
+
+class _Text(str):
+    """The text given to a parser: its methods charge the characters they read, so that a parser
+    calling `find` again from every tag is seen reading the rest of the text every time."""
+
+    def find(self, sub, start=None, end=None):
+        found = str.find(self, sub, start, end)
+        window = range(len(self))[start:end]
+        _charge(found + len(sub) - window.start if found >= 0 else len(window))
+        return found
+
+    def index(self, sub, start=None, end=None):
+        found = self.find(sub, start, end)
+        if found < 0:
+            raise ValueError("substring not found")
+        return found
+
+    def rfind(self, sub, start=None, end=None):
+        found = str.rfind(self, sub, start, end)
+        window = range(len(self))[start:end]
+        _charge(window.stop - found if found >= 0 else len(window))
+        return found
+
+    def rindex(self, sub, start=None, end=None):
+        found = self.rfind(sub, start, end)
+        if found < 0:
+            raise ValueError("substring not found")
+        return found
+
+    def __contains__(self, sub):
+        return self.find(sub) >= 0
+
+    def startswith(self, prefix, *window):
+        _charge(sum(map(len, prefix)) if isinstance(prefix, tuple) else len(prefix))
+        return str.startswith(self, prefix, *window)
+
+    def endswith(self, suffix, *window):
+        _charge(sum(map(len, suffix)) if isinstance(suffix, tuple) else len(suffix))
+        return str.endswith(self, suffix, *window)
+
+    def __getitem__(self, key):
+        part = str.__getitem__(self, key)
+        _charge(len(part))
+        return part
+
+
+def _reading_all(name):
+    method = getattr(str, name)
+
+    def read_all(self, *args, **kwargs):
+        _charge(len(self))
+        return method(self, *args, **kwargs)
+
+    return read_all
+
+
+for _name in (
+    "count",
+    "replace",
+    "split",
+    "rsplit",
+    "splitlines",
+    "partition",
+    "rpartition",
+    "lower",
+    "upper",
+    "casefold",
+    "strip",
+    "lstrip",
+    "rstrip",
+    "translate",
+    "encode",
+    "__add__",
+):
+    setattr(_Text, _name, _reading_all(_name))
+
+_CONSUMING = {sre_constants.LITERAL, sre_constants.NOT_LITERAL, sre_constants.IN, sre_constants.ANY}
+_REPEATS = {
+    sre_constants.MAX_REPEAT,
+    sre_constants.MIN_REPEAT,
+    getattr(sre_constants, "POSSESSIVE_REPEAT", None),
+}
+_LOOKAROUND = {sre_constants.ASSERT, sre_constants.ASSERT_NOT}
+_AT_END = (sre_constants.AT, sre_constants.AT_END_STRING)
+_ANY_CHAR = (
+    sre_constants.IN,
+    [
+        (sre_constants.CATEGORY, sre_constants.CATEGORY_SPACE),
+        (sre_constants.CATEGORY, sre_constants.CATEGORY_NOT_SPACE),
+    ],
+)
+
+
+def _reaching(state, items):
+    """`items` (a parsed pattern) rewritten so that, matched with ``endpos = p + k``, it matches
+    at p when an attempt of the pattern at p reads k characters: every character it reads may
+    instead be the end of the string, and a lookahead that reads to the end accepts the rest."""
+
+    def sub(data):
+        return sre_parse.SubPattern(state, data)
+
+    out = []
+    for op, av in items:
+        if op in _CONSUMING:
+            out.append((sre_constants.BRANCH, (None, [sub([(op, av)]), sub([_AT_END])])))
+        elif op in _REPEATS:
+            out.append((op, (av[0], av[1], sub(_reaching(state, av[2].data)))))
+        elif op is sre_constants.SUBPATTERN:
+            out.append((op, (*av[:3], sub(_reaching(state, av[3].data)))))
+        elif op is sre_constants.BRANCH:
+            out.append((op, (None, [sub(_reaching(state, alt.data)) for alt in av[1]])))
+        elif op in _LOOKAROUND and av[0] > 0:
+            to_end = (sre_constants.ASSERT, (1, sub([*_reaching(state, av[1].data), _AT_END])))
+            rest = (sre_constants.MAX_REPEAT, (0, sre_constants.MAXREPEAT, sub([_ANY_CHAR])))
+            out.append((sre_constants.BRANCH, (None, [sub([to_end, rest]), sub([(op, av)])])))
+        else:  # zero-width, or reads backwards
+            out.append((op, av))
+    return out
+
+
+def _first(items, atoms):
+    """Adds to `atoms` the items of a parsed pattern that can read an attempt's first character;
+    returns whether the pattern can match without consuming one, None when unsure."""
+    for op, av in items:
+        if op in _CONSUMING:
+            atoms.append((op, av))
+            return False
+        if op in _REPEATS:
+            inner = _first(av[2].data, atoms)
+            if inner is None or (not inner and av[0] > 0):
+                return inner
+        elif op is sre_constants.SUBPATTERN:
+            inner = _first(av[3].data, atoms)
+            if not inner:
+                return inner
+        elif op is sre_constants.BRANCH:
+            alternatives = [_first(alt.data, atoms) for alt in av[1]]
+            if None in alternatives or not any(alternatives):
+                return None if None in alternatives else False
+        elif op in _LOOKAROUND and av[0] > 0:
+            if _first(av[1].data, atoms) is None:
+                return None
+        elif op not in _LOOKAROUND and op is not sre_constants.AT:
+            return None
+    return True
+
+
+class _Regex:
+    """A compiled pattern whose calls charge the characters the regex engine reads.
+
+    Each match attempt is charged: a successful one its match, a failed one the longest stretch
+    it could have read (from where it starts, as far as the text could still have turned into a
+    match). A lazy ``<think>(.*?)</think>`` on "<think>" * n thus costs the rest of the text at
+    every tag, as it does in the engine, even though `findall` is called once."""
+
+    def __init__(self, pattern):
+        self._pattern = pattern
+        parsed = sre_parse.parse(pattern.pattern, pattern.flags)
+        data = _reaching(parsed.state, parsed.data) + [_AT_END]
+        self._reach = sre_compile.compile(sre_parse.SubPattern(parsed.state, data), pattern.flags).match
+        # Where an attempt can read more than one character: few places, found by one scan.
+        atoms = []
+        if _first(parsed.data, atoms) is None:
+            atoms = [_ANY_CHAR]
+        alternatives = [sre_parse.SubPattern(parsed.state, [atom]) for atom in atoms]
+        first = sre_parse.SubPattern(parsed.state, [(sre_constants.BRANCH, (None, alternatives))])
+        self._first = sre_compile.compile(first, pattern.flags).finditer if atoms else None
+
+    def __getattr__(self, name):
+        return getattr(self._pattern, name)
+
+    def _attempts(self, string, start, stop, end):
+        """Charges failed attempts at start..stop-1 of the text up to `end`."""
+        reach, read = self._reach, max(stop - start, 0)
+        if self._first is None:
+            return _charge(read)
+        for candidate in self._first(string, start, min(stop, end)):
+            p = candidate.start()
+            if reach(string, p, p + 1):  # the attempt goes past its first character
+                lo, k = 1, 2
+                while k <= end - p and reach(string, p, p + k):
+                    lo, k = k, 2 * k
+                hi = min(k, end - p + 1)
+                while hi - lo > 1:
+                    mid = (lo + hi) // 2
+                    lo, hi = (mid, hi) if reach(string, p, p + mid) else (lo, mid)
+                read += lo
+        _charge(read)
+
+    def _window(self, string, pos, endpos):
+        end = min(max(endpos, 0), len(string))
+        return min(max(pos, 0), end), end
+
+    def match(self, string, pos=0, endpos=sys.maxsize):
+        found = self._pattern.match(string, pos, endpos)
+        self._anchored(string, pos, endpos, found)
+        return found
+
+    def fullmatch(self, string, pos=0, endpos=sys.maxsize):
+        found = self._pattern.fullmatch(string, pos, endpos)
+        self._anchored(string, pos, endpos, found)
+        return found
+
+    def _anchored(self, string, pos, endpos, found):
+        pos, end = self._window(string, pos, endpos)
+        if found is None:
+            self._attempts(string, pos, pos + 1, end)
+        else:
+            _charge(found.end() - pos + 1)
+
+    def finditer(self, string, pos=0, endpos=sys.maxsize):
+        position, end = self._window(string, pos, endpos)
+        for found in self._pattern.finditer(string, pos, endpos):
+            self._attempts(string, position, found.start(), end)
+            _charge(found.end() - found.start() + 1)
+            position = found.end()
+            yield found
+        self._attempts(string, position, end + 1, end)
+
+    def search(self, string, pos=0, endpos=sys.maxsize):
+        return next(self.finditer(string, pos, endpos), None)
+
+    def findall(self, string, pos=0, endpos=sys.maxsize):
+        for _ in self.finditer(string, pos, endpos):
+            pass
+        return self._pattern.findall(string, pos, endpos)
+
+    def _whole(self, method, string, *args, **kwargs):
+        for _ in self.finditer(string):
+            pass
+        return getattr(self._pattern, method)(*args, **kwargs)
+
+    def split(self, string, *args, **kwargs):
+        return self._whole("split", string, string, *args, **kwargs)
+
+    def sub(self, repl, string, *args, **kwargs):
+        return self._whole("sub", string, repl, string, *args, **kwargs)
+
+    def subn(self, repl, string, *args, **kwargs):
+        return self._whole("subn", string, repl, string, *args, **kwargs)
+
+
+class _Re:
+    """The `re` module, handing out `_Regex` patterns."""
+
+    def __init__(self):
+        self._patterns = {}
+
+    def __getattr__(self, name):
+        return getattr(_REAL.re, name)
+
+    def compile(self, pattern, flags=0):
+        if isinstance(pattern, _Regex):
+            return pattern
+        real = _REAL.re.compile(pattern, flags)
+        if real not in self._patterns:
+            self._patterns[real] = _Regex(real)
+        return self._patterns[real]
+
+    def match(self, pattern, string, flags=0):
+        return self.compile(pattern, flags).match(string)
+
+    def fullmatch(self, pattern, string, flags=0):
+        return self.compile(pattern, flags).fullmatch(string)
+
+    def search(self, pattern, string, flags=0):
+        return self.compile(pattern, flags).search(string)
+
+    def finditer(self, pattern, string, flags=0):
+        return self.compile(pattern, flags).finditer(string)
+
+    def findall(self, pattern, string, flags=0):
+        return self.compile(pattern, flags).findall(string)
+
+    def split(self, pattern, string, maxsplit=0, flags=0):
+        return self.compile(pattern, flags).split(string, maxsplit)
+
+    def sub(self, pattern, repl, string, count=0, flags=0):
+        return self.compile(pattern, flags).sub(repl, string, count)
+
+    def subn(self, pattern, repl, string, count=0, flags=0):
+        return self.compile(pattern, flags).subn(repl, string, count)
+
+
+def _error_read(error, start):
+    # The decoder read up to the error, then the error counted the lines before it.
+    return error.pos - start + error.pos
+
+
+class _Decoder(json.JSONDecoder):
+    def raw_decode(self, s, idx=0):
+        try:
+            value, end = super().raw_decode(s, idx)
+        except _REAL.json.JSONDecodeError as error:
+            _charge(_error_read(error, idx))
+            raise
+        _charge(end - idx)
+        return value, end
+
+
+class _JsonDecoderModule:
+    def __getattr__(self, name):
+        return getattr(_REAL.json.decoder, name)
+
+    def scanstring(self, s, end, strict=True):
+        try:
+            value, stop = _REAL.json.decoder.scanstring(s, end, strict)
+        except _REAL.json.JSONDecodeError as error:
+            _charge(_error_read(error, end))
+            raise
+        _charge(stop - end)
+        return value, stop
+
+
+class _Json:
+    """The `json` module, its decoding charged."""
+
+    JSONDecoder = _Decoder
+    decoder = _JsonDecoderModule()
+
+    def __getattr__(self, name):
+        return getattr(_REAL.json, name)
+
+    def loads(self, s, **kwargs):
+        _charge(len(s))
+        return _REAL.json.loads(s, **kwargs)
+
+
+_PARSER_MODULES = [jsontext, judges, aesr1.score, generic, sys.modules[__name__]]
+_UNCOUNTED = {
+    value.__code__
+    for owner in (_Text, _Regex, _Re, _Decoder, _JsonDecoderModule, _Json)
+    for value in vars(owner).values()
+    if callable(value) and hasattr(value, "__code__")
+}
+
+
+def _count_lines(frame, event, arg):
+    if event == "line":
+        _METER.cost += 1
+    return _count_lines
+
+
+def _trace_calls(frame, event, arg):
+    # Frames the parser runs are counted; the proxies' own frames, and all they call, are not.
+    back = frame.f_back
+    if frame.f_code in _UNCOUNTED or not (back is _METER.root or back.f_trace is _count_lines):
+        return None
+    return _count_lines
+
+
+def cost(function, text: str) -> int:
+    """Python lines run plus characters read in C by ``function(text)``."""
+    with pytest.MonkeyPatch.context() as patch:
+        re_proxy = _Re()
+        for module in _PARSER_MODULES:
+            for name, value in list(vars(module).items()):
+                if value is _REAL.re:
+                    patch.setattr(module, name, re_proxy)
+                elif value is _REAL.json:
+                    patch.setattr(module, name, _Json())
+                elif isinstance(value, _REAL.re.Pattern):
+                    patch.setattr(module, name, re_proxy.compile(value))
+        text = _Text(text)
+        _METER.cost, _METER.root = 0, sys._getframe()
+        previous = sys.gettrace()
+        sys.settrace(_trace_calls)
+        try:
+            function(text)
+        except JudgeParseError:
+            pass
+        finally:
+            sys.settrace(previous)
+            _METER.root = None
+    return _METER.cost
+
+
+def cost_ratio(function, make_text, n: int = SMALL) -> float:
+    """cost(4n) / cost(n), `make_text(n)` being about n characters of text."""
+    return cost(function, make_text(4 * n)) / cost(function, make_text(n))
+
+
+def assert_linear(function, make_text):
+    ratio = cost_ratio(function, make_text)
+    assert ratio < LINEAR_RATIO, (
+        f"{function.__name__} costs {ratio:.1f} times more on 4 times the text {make_text(40)!r}..."
     )
-    return result
 
+
+# The check is only as good as `cost` is at seeing the extra reading of a quadratic parser, where
+# it happens: in the regex engine (the lazy tag regex, the tokeniser rerun before each occurrence
+# of a word: the definitions above), in the JSON decoder (at every brace), in str.find (from every
+# tag) or in Python loops. Parsers that read too much each way must fail it.
+
+
+def last_answer_refinding(text):
+    last, start = None, text.find("<answer>")
+    while start >= 0:
+        end = text.find("</answer>", start + len("<answer>"))
+        if end >= 0:
+            last = text[start + len("<answer>") : end]
+        start = text.find("<answer>", start + 1)
+    return last
+
+
+def closing_braces_rewalked(text):
+    chars, closed = list(text), 0
+    for i, char in enumerate(chars):
+        if char == "{":
+            depth = 0
+            for other in chars[i:]:
+                depth += (other == "{") - (other == "}")
+                if depth == 0:
+                    closed += 1
+                    break
+    return closed
+
+
+def word_hits_good(text):
+    return word_hits_ref(text, "good")
+
+
+QUADRATIC = {
+    "lazy regex": (critique_ref, lambda n: "<think>" * (n // 7)),
+    "tokens before every word": (word_hits_good, lambda n: "good " * (n // 5)),
+    "decoder at every brace": (json_objects_ref, lambda n: "{" * n),
+    "find from every tag": (last_answer_refinding, lambda n: "<answer>" * (n // 8)),
+    "loop from every brace": (closing_braces_rewalked, lambda n: "{" * n),
+}
+
+
+@pytest.mark.parametrize("name", list(QUADRATIC))
+def test_cost_catches_quadratic_parsers(name):
+    function, make_text = QUADRATIC[name]
+    # Small texts: quadratic parsers are slow, and slower still when traced.
+    assert cost_ratio(function, make_text, n=200) > 12
+
+
+def test_cost_of_linear_parsers():
+    # The same parsers on text they read once: a lazy regex stops at each closing tag.
+    assert 3 < cost_ratio(critique_ref, lambda n: "<think>a</think>" * (n // 16)) < LINEAR_RATIO
+    assert 3 < cost_ratio(last_answer_refinding, lambda n: "<answer>a</answer>" * (n // 18)) < LINEAR_RATIO
+
+
+N = 200_000  # characters of hostile text for the results
 
 HOSTILE = {
-    "repeated <think>": "<think>" * (N // 7),
-    "repeated <think>, closed at the end": "<think>" * (N // 7) + "</think>",
-    "repeated <answer>": "<answer>" * (N // 8),
-    "many answers": "<answer>0.5</answer>" * (N // 20),
-    "nested think": "<think><think>x</think>" * (N // 22),
-    "unclosed think and answer": "<think>a<answer>" * (N // 16),
-    "whitespace run": " " * N + "<think>",
-    "newline run": "\n" * N,
-    "open braces": "{" * N,
-    "open objects": '{"' * (N // 2),
-    "unclosed key-values": '{"a":1,' * (N // 7),
-    "nested objects": '{"a":' * (N // 5),
-    "nested arrays": '{"a":[' * (N // 6),
-    "strings in objects": '{"a":"' * (N // 6),
-    "a verdict after braces": "{" * N + '{"consistent": false, "factual_errors": ["x"]}',
+    "repeated <think>": lambda n: "<think>" * (n // 7),
+    "repeated <think>, closed at the end": lambda n: "<think>" * (n // 7) + "</think>",
+    "repeated <answer>": lambda n: "<answer>" * (n // 8),
+    "many answers": lambda n: "<answer>0.5</answer>" * (n // 20),
+    "nested think": lambda n: "<think><think>x</think>" * (n // 22),
+    "unclosed think and answer": lambda n: "<think>a<answer>" * (n // 16),
+    "whitespace run": lambda n: " " * n + "<think>",
+    "newline run": lambda n: "\n" * n,
+    "open braces": lambda n: "{" * n,
+    "open objects": lambda n: '{"' * (n // 2),
+    "unclosed key-values": lambda n: '{"a":1,' * (n // 7),
+    "nested objects": lambda n: '{"a":' * (n // 5),
+    "nested arrays": lambda n: '{"a":[' * (n // 6),
+    "strings in objects": lambda n: '{"a":"' * (n // 6),
+    "a verdict after braces": lambda n: "{" * n + '{"consistent": false, "factual_errors": ["x"]}',
 }
+
+# The cost checks come first: on a quadratic parser they fail in a moment, where the results on
+# N characters would take minutes.
 
 
 @pytest.mark.parametrize("name", list(HOSTILE))
 def test_critique_of_is_linear(name):
-    assert isinstance(within_bound(critique_of, HOSTILE[name]), str)
+    assert_linear(critique_of, HOSTILE[name])
+    assert isinstance(critique_of(HOSTILE[name](N)), str)
 
 
 @pytest.mark.parametrize("name", list(HOSTILE))
 def test_parse_verdict_is_linear(name):
-    result = within_bound(parse_verdict, HOSTILE[name])
+    assert_linear(parse_verdict, HOSTILE[name])
+    try:
+        result = parse_verdict(HOSTILE[name](N))
+    except JudgeParseError as error:
+        result = error
     if name == "a verdict after braces":
         assert not result.consistent and result.factual_errors == ["x"]
     else:
@@ -269,12 +735,21 @@ def contradictions(text):
     return attribute_contradictions(text, _ATTRIBUTES)
 
 
-@pytest.mark.parametrize("text", ["good " * 10_000, "a'good " * 7_000, "x good " * 7_000])
-def test_template_judge_word_checks_are_linear(text):
+@pytest.mark.parametrize("unit, count", [("good ", 10_000), ("a'good ", 7_000), ("x good ", 7_000)])
+def test_template_judge_word_checks_are_linear(unit, count):
     # The judge reads the two words before every occurrence of a verdict or attribute word; a
     # critique that repeats one is model output too.
-    assert within_bound(verdict_band, text) == "good"
-    assert within_bound(contradictions, text.replace("good", "circle"))
+    def make_text(n):
+        return unit * (n // len(unit))
+
+    def circles(n):
+        return make_text(n).replace("good", "circle")
+
+    assert_linear(verdict_band, make_text)
+    assert_linear(contradictions, circles)
+    text = unit * count
+    assert verdict_band(text) == "good"
+    assert contradictions(text.replace("good", "circle"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,16 +759,18 @@ def test_template_judge_word_checks_are_linear(text):
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.sampled_from(["<answer>", "</answer>", "0.5", " ", "x", "\n"]), max_size=24).map("".join))
 def test_last_answer_matches_findall(text):
-    from aesr1.data.formats.generic import _last_answer
-
     found = re.findall(r"<answer>(.*?)</answer>", text, flags=re.DOTALL)
     assert _last_answer(text) == (found[-1] if found else None)
 
 
-def test_label_answers_parse_in_linear_time():
-    from aesr1.data.formats.generic import _last_answer
+LABELS = {
+    "repeated <answer>": (lambda n: "<answer>" * (n // 8), None),
+    "an answer, then repeated <answer>": (lambda n: "<answer>0.5</answer>" + "<answer>" * (n // 8), "0.5"),
+}
 
-    for text in ("<answer>" * (N // 8), "<answer>0.5</answer>" + "<answer>" * (N // 8)):
-        started = time.perf_counter()
-        _last_answer(text)
-        assert time.perf_counter() - started < TIME_BOUND_S
+
+@pytest.mark.parametrize("name", list(LABELS))
+def test_label_answers_parse_in_linear_time(name):
+    make_text, answer = LABELS[name]
+    assert_linear(_last_answer, make_text)
+    assert _last_answer(make_text(N)) == answer
