@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -110,6 +111,35 @@ def test_rollouts_group_rows_by_image(tiny, images):
         model, processor, images, SamplingConfig(num_samples=2, max_new_tokens=6), seed=0
     )
     assert torch.equal(rollout.completion_ids, again.completion_ids)
+
+
+def test_generation_rollouts_are_the_rollout_packages(tiny, images):
+    from aesr1.rollout import generate_rollouts_hf
+
+    model, processor = tiny
+    sampling = SamplingConfig(num_samples=2, max_new_tokens=6, temperature=0.8, top_k=7)
+    got = generate_rollouts(model, processor, images, sampling, seed=3)
+    want = generate_rollouts_hf(model, processor, images, sampling, seed=3)
+    assert got.texts == want.texts and set(got.batch) == set(want.batch)
+    assert torch.equal(got.batch["sampling_logprobs"], want.batch["sampling_logprobs"])
+
+
+@pytest.mark.parametrize("do_sample", [False, True])
+def test_rollouts_give_generate_only_settings_it_uses(tiny, images, monkeypatch, do_sample):
+    """`generate` warns about warper settings that greedy decoding ignores (strict: raises)."""
+    model, processor = tiny
+    seen = {}
+    real_generate = model.generate
+
+    def spy(**kwargs):
+        seen.update(kwargs)
+        return real_generate(**kwargs)
+
+    monkeypatch.setattr(model, "generate", spy)
+    generate_rollouts(model, processor, images[:1], SamplingConfig(max_new_tokens=2, do_sample=do_sample))
+    config = copy.deepcopy(model.generation_config)
+    config.update(**{key: value for key, value in seen.items() if hasattr(config, key)})
+    config.validate(strict=True)
 
 
 def test_save_load_round_trip_greedy(tiny, images, tmp_path):

@@ -2,6 +2,8 @@
 
 `generate_rollouts` returns token ids and masks in the RL layout of `aesr1.modeling.chat`
 (left-padded prompts, right-padded completions); `generate_completions` returns decoded text per image.
+The sampling itself lives in `aesr1.rollout` (`generate_rollouts_hf`); this module holds the
+settings and result types it shares with the decode engine.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from aesr1.modeling.chat import END_OF_TURN, build_inputs, join_completions, model_inputs
+from aesr1.modeling.chat import build_inputs
 from aesr1.prompts import SCORING_PROMPT
 
 #: Chat special tokens a policy must never sample (an extra image placeholder breaks the next forward).
@@ -119,39 +121,16 @@ def generate_rollouts(
     prompt: str | Sequence[str] = SCORING_PROMPT,
     seed: int | None = None,
 ) -> Rollout:
-    """Sample `sampling.num_samples` completions per image in one `generate` call.
-
+    """Sample `sampling.num_samples` completions per image in one transformers `generate` call;
     `prompt` is one prompt for all images or one per image.
-    """
-    import torch
 
-    sampling = sampling or SamplingConfig()
-    prompt_batch = repeated_prompt_batch(model, processor, images, sampling.num_samples, prompt)
-    device = next(model.parameters()).device
-    tokenizer = processor.tokenizer
-    eos_id = tokenizer.convert_tokens_to_ids(END_OF_TURN)
-    kwargs = dict(
-        max_new_tokens=sampling.max_new_tokens,
-        do_sample=sampling.do_sample,
-        eos_token_id=eos_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    if sampling.do_sample:
-        kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)
-    else:
-        kwargs.update(temperature=None, top_p=None, top_k=None)
-    with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
-        if seed is not None:
-            torch.manual_seed(seed)
-        with torch.no_grad():
-            output = model.generate(**model_inputs(prompt_batch), **kwargs)
-    prompt_length = prompt_batch["input_ids"].shape[1]
-    completion_ids = output[:, prompt_length:]
-    completion_mask = completion_mask_until_eos(completion_ids, eos_id)
-    completion_ids = completion_ids.masked_fill(completion_mask == 0, tokenizer.pad_token_id)
-    texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
-    batch = join_completions(prompt_batch, completion_ids, completion_mask)
-    return Rollout(batch=batch, texts=texts, num_samples=sampling.num_samples)
+    This is `aesr1.rollout.generate_rollouts_hf`, so `rollout.batch` also holds the sampling
+    log-probs (`sampling_logprobs`).
+    """
+    # imported here: aesr1.rollout imports this module
+    from aesr1.rollout.api import generate_rollouts_hf
+
+    return generate_rollouts_hf(model, processor, images, sampling, prompt=prompt, seed=seed)
 
 
 def generate_completions(
@@ -175,6 +154,8 @@ def generate_completions(
     `prompt` is one prompt for all images or one per image. Images are processed `batch_size` at a time; with `seed`, batch b uses seed `seed + b` so results
     do not depend on what ran before.
     """
+    from aesr1.rollout.api import generate_rollouts_hf
+
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if not isinstance(prompt, str) and len(prompt) != len(images):
@@ -189,7 +170,7 @@ def generate_completions(
     for number, start in enumerate(starts):
         chunk = images[start : start + batch_size]
         chunk_prompt = prompt if isinstance(prompt, str) else prompt[start : start + batch_size]
-        rollout = generate_rollouts(
+        rollout = generate_rollouts_hf(
             model,
             processor,
             chunk,

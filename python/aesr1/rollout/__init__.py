@@ -1,7 +1,8 @@
 """Fast rollouts: a static-KV-cache decode engine for Qwen2.5-VL sampling.
 
-- `generate_rollouts`: drop-in for `aesr1.generation.generate_rollouts` that also returns the
-  sampling log-probs (`rollout.batch["sampling_logprobs"]`); the engine on CUDA, `generate` on CPU.
+- `generate_rollouts`: completions with their sampling log-probs (`rollout.batch["sampling_logprobs"]`);
+  the engine on CUDA, `generate` on CPU. `generate_rollouts_hf` always uses `generate` (it is also
+  `aesr1.generation.generate_rollouts`).
 - `DecodeEngine` / `EngineOptions`: prefill through the full model (vision tower, multimodal rotary
   positions), then fixed-shape decode steps over a preallocated KV cache, one CUDA graph per batch
   bucket, on-device sampling, EOS stop and compaction of finished rows.

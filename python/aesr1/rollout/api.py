@@ -1,7 +1,7 @@
-"""`generate_rollouts` with the decode engine: a drop-in for `aesr1.generation.generate_rollouts`.
+"""`generate_rollouts`: completions sampled per image, by the decode engine or transformers `generate`.
 
-Same arguments and the same `Rollout` (joined prompt + completion batch in the RL layout, decoded
-texts, `num_samples`), plus `rollout.batch["sampling_logprobs"]` [rows, W] fp32: the log-prob of
+The result is a `Rollout` (joined prompt + completion batch in the RL layout, decoded texts,
+`num_samples`) with `rollout.batch["sampling_logprobs"]` [rows, W] fp32: the log-prob of
 each completion token under the distribution it was drawn from (0 on padding), obtained without an
 extra forward. See `aesr1.rollout.sampling` for which distribution that is exactly.
 
@@ -148,8 +148,8 @@ def generate_rollouts(
 ) -> Rollout:
     """Sample `sampling.num_samples` completions per image; `prompt` is one prompt or one per image.
 
-    Drop-in for `aesr1.generation.generate_rollouts` (see the module docstring for `engine` and the
-    added `sampling_logprobs`). `options` configures the engine (cached per model).
+    See the module docstring for `engine` and `sampling_logprobs`; `options` configures the engine
+    (cached per model).
     """
     sampling = sampling or SamplingConfig()
     if not isinstance(sampling, SamplingConfig):
@@ -214,17 +214,21 @@ def generate_rollouts_hf(
     prompt: str | Sequence[str] = SCORING_PROMPT,
     seed: int | None = None,
 ) -> Rollout:
-    """`aesr1.generation.generate_rollouts` plus `sampling_logprobs` (see `SampledDistributionRecorder`)."""
+    """`sampling.num_samples` completions per image from one transformers `generate` call, with
+    their `sampling_logprobs` (see `SampledDistributionRecorder`); `prompt` is one prompt or one per
+    image. Also `aesr1.generation.generate_rollouts`."""
     sampling = sampling or SamplingConfig()
     prompt_batch = _prompt_batch(model, processor, images, sampling, prompt)
     device = next(model.parameters()).device
     tokenizer = processor.tokenizer
     eos_id = tokenizer.convert_tokens_to_ids(END_OF_TURN)
     recorder = SampledDistributionRecorder(sampling_params(sampling, model.generation_config))
-    # neutral warpers: the recorder applies temperature/top-k/top-p so that it sees their result
+    # neutral warpers: the recorder applies temperature/top-k/top-p so that it sees their result;
+    # greedy decoding has none (generate warns about warper settings it would ignore)
+    neutral = (1.0, 1.0, 0) if sampling.do_sample else (None, None, None)
     kwargs = dict(
         max_new_tokens=sampling.max_new_tokens, do_sample=sampling.do_sample, eos_token_id=eos_id,
-        pad_token_id=tokenizer.pad_token_id, temperature=1.0, top_p=1.0, top_k=0,
+        pad_token_id=tokenizer.pad_token_id, temperature=neutral[0], top_p=neutral[1], top_k=neutral[2],
         logits_processor=LogitsProcessorList([recorder]),
     )  # fmt: skip
     with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):

@@ -1,7 +1,7 @@
 """The rollout backend switch: our engine (default), plain `generate`, or vLLM.
 
 `make_rollout_fn(RolloutConfig(...))` returns a function with the signature and result of
-`aesr1.generation.generate_rollouts` (plus `batch["sampling_logprobs"]`):
+`aesr1.rollout.generate_rollouts_hf` (a `Rollout` whose batch holds `sampling_logprobs`):
 
     rollout_fn(model, processor, images, sampling, *, prompt=..., seed=None) -> Rollout
 
