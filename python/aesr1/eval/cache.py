@@ -15,6 +15,9 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+
+from aesr1.eval.aggregate import mean_scores
 from aesr1.jsonio import naming
 
 logger = logging.getLogger(__name__)
@@ -54,8 +57,8 @@ class Prediction:
     def from_scores(cls, dataset, id, image, gt, completions, scores) -> Prediction:
         """Builds the record from float scores (NaN = unparseable); pred is the mean of the valid ones."""
         clean = [None if score is None or math.isnan(score) else float(score) for score in scores]
-        valid = [score for score in clean if score is not None]
-        pred = sum(valid) / len(valid) if valid else None
+        mean = float(mean_scores(np.array([clean], dtype=np.float64))[0])
+        pred = None if math.isnan(mean) else mean
         return cls(dataset, id, image, float(gt), list(completions), clean, pred)
 
 

@@ -14,6 +14,7 @@ from aesr1.data.images import ImageError, model_image
 from aesr1.data.records import ScoredImage
 from aesr1.data.registry import canonical_name, display_name, parse_data_spec
 from aesr1.data.report import LoadedDataset
+from aesr1.eval.aggregate import parsed_scores
 from aesr1.eval.cache import Prediction, PredictionCache
 from aesr1.eval.config import EvalConfig
 from aesr1.eval.correlation import correlations
@@ -66,8 +67,6 @@ def _generate_dataset(
 ) -> list[tuple[str, str]]:
     """Generates predictions for the items not in the cache; returns (path, reason) of the images that
     could not be given to the model (unreadable, or a size the image processor rejects)."""
-    from aesr1.rewards import parse_scores
-
     todo = [item for item in items if (label, item.id) not in cache]
     cached = len(items) - len(todo)
     logger.info("%s: %d images, %d cached, %d to generate", label, len(items), cached, len(todo))
@@ -92,8 +91,7 @@ def _generate_dataset(
             completions = check_predictions(
                 predictor(images, config.num_samples), len(kept), config.num_samples
             )
-            flat = [text for samples in completions for text in samples]
-            scores = np.asarray(parse_scores(flat), dtype=np.float64).reshape(len(kept), config.num_samples)
+            scores = parsed_scores(completions)
             cache.add(
                 Prediction.from_scores(label, item.id, item.image, item.score, samples, row.tolist())
                 for item, samples, row in zip(kept, completions, scores, strict=True)

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from aesr1.data.images import ImageError, model_image
+from aesr1.eval.aggregate import mean_scores, parsed_scores
 from aesr1.eval.predictor import ModelPredictor, Predictor, check_generation, check_predictions
 
 #: File suffixes taken from folders.
@@ -188,8 +189,6 @@ class Scorer:
     ) -> list[ScoreResult]:
         """Critique and score of each image (paths, folders or PIL images), in input order; an image
         that cannot be given to the model gets `error` set instead of raising."""
-        from aesr1.rewards import parse_scores
-
         entries = expand_images(images, recursive)
         results: list[ScoreResult | None] = [None] * len(entries)
         bar = None
@@ -212,17 +211,14 @@ class Scorer:
                 completions = check_predictions(
                     self.predictor(opened, self.num_samples), len(opened), self.num_samples
                 )
-                flat = [text for samples in completions for text in samples]
-                parsed = np.asarray(parse_scores(flat), dtype=np.float64).reshape(
-                    len(opened), self.num_samples
-                )
-                for position, samples, row in zip(positions, completions, parsed, strict=True):
+                parsed = parsed_scores(completions)
+                means = mean_scores(parsed)
+                for position, samples, row, mean in zip(positions, completions, parsed, means, strict=True):
                     scores = [None if np.isnan(v) else float(v) for v in row]
-                    valid = [v for v in scores if v is not None]
                     first_ok = next((i for i, v in enumerate(scores) if v is not None), 0)
                     results[position] = ScoreResult(
                         image=_name(entries[position], position),
-                        score=sum(valid) / len(valid) if valid else None,
+                        score=None if np.isnan(mean) else float(mean),
                         critique=critique_of(samples[first_ok]),
                         completions=samples,
                         scores=scores,

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from aesr1.data.records import ScoredImage
+from aesr1.eval.aggregate import mean_scores, parsed_scores
 from aesr1.train.config import EvalConfig
 
 
@@ -71,7 +72,6 @@ def evaluate_policy(
 ) -> HeldOutResult:
     """Score `items` with `model` and correlate with their ground truth (all processes call together)."""
     from aesr1.generation import generate_completions, suppressed_tokens
-    from aesr1.rewards import parse_scores
 
     world = 1 if accelerator is None else accelerator.num_processes
     rank = 0 if accelerator is None else accelerator.process_index
@@ -93,11 +93,9 @@ def evaluate_policy(
         from accelerate.utils import gather_object
 
         texts = [row for part in gather_object([texts]) for row in part]
-    flat = [t for row in texts for t in row]
-    scores = np.asarray(parse_scores(flat), dtype=np.float64).reshape(len(items), config.num_samples)
-    parsed = np.isfinite(scores)
-    counts = parsed.sum(axis=1)
-    pred = np.where(counts > 0, np.where(parsed, scores, 0.0).sum(axis=1) / np.maximum(counts, 1), np.nan)
+    scores = parsed_scores(texts)
+    parsed = ~np.isnan(scores)
+    pred = mean_scores(scores)
     gt = np.asarray([i.score for i in items], dtype=np.float64)
     plcc, srcc = plcc_srcc(pred, gt)
     return HeldOutResult(
@@ -105,7 +103,7 @@ def evaluate_policy(
         srcc=srcc,
         parse_failure_rate=float(1.0 - parsed.mean()) if parsed.size else math.nan,
         images=len(items),
-        scored=int((counts > 0).sum()),
+        scored=int((~np.isnan(pred)).sum()),
         pred=pred,
         gt=gt,
         completions=texts,
