@@ -49,9 +49,9 @@ def rapo_rewards(texts: Sequence[str], gt: np.ndarray, num_generations: int, con
     k = num_generations
     if len(texts) != len(gt) * k:
         raise ValueError(f"texts has {len(texts)} completions, expected {len(gt)} images x {k}")
-    grouped = [list(texts[i * k : (i + 1) * k]) for i in range(len(gt))]
     return rewards.rapo(
-        {"completions": grouped, "gt": np.asarray(gt, dtype=np.float64)},
+        {"completions": list(texts), "gt": np.asarray(gt, dtype=np.float64)},
+        num_generations=k,
         weights=reward_weights(config),
         sigma=config.sigma,
         threshold=config.binary_threshold,
