@@ -57,17 +57,40 @@ def load_items(config: TrainConfig, output_dir: str | Path) -> tuple[list[Scored
     return train, test
 
 
-def cold_start_records(config: TrainConfig, train: list[ScoredImage], output_dir: str | Path) -> list[dict]:
-    """The AesCoT records for SFT: `data.cold_start`, or built with the template expert (synthetic)."""
+def cold_start_records(
+    config: TrainConfig, train: list[ScoredImage], output_dir: str | Path, *, is_main: bool = True
+) -> list[dict]:
+    """The AesCoT records for SFT: `data.cold_start`, else `<output_dir>/aescot.jsonl` built from
+    `train` with the template expert (synthetic data).
+
+    Only the main process builds, and only when the file is not there yet; the other processes
+    read it once the main one is done (`main_process_first`). The build is published whole, so a
+    resumed run never reads a file a kill cut short.
+    """
+    from aesr1.aescot.store import OUTPUT_FILE_NAME
     from aesr1.train.sft import read_cold_start
 
     if config.data.cold_start is not None:
         return read_cold_start(config.data.cold_start)
-    from aesr1.aescot import TemplateExpert, build_dataset
+    path = Path(output_dir) / OUTPUT_FILE_NAME
+    if is_main and not path.is_file():
+        _build_template_cold_start(config, train, path)
+    return read_cold_start(path)
 
-    path = Path(output_dir) / "aescot.jsonl"
+
+def _build_template_cold_start(config: TrainConfig, train: list[ScoredImage], path: Path) -> None:
+    from aesr1.aescot import TemplateExpert, build_dataset
+    from aesr1.train.durable import publish_file, remove_tree, staging_path
+
+    staged = staging_path(path.with_suffix(""))
+    remove_tree(staged)
+    staged.mkdir()
     build_dataset(
-        train, TemplateExpert(seed=config.seed), path, per_bin=config.data.cold_start_per_bin,
+        train, TemplateExpert(seed=config.seed), staged / path.name, per_bin=config.data.cold_start_per_bin,
         seed=config.seed, progress=config.progress,
     )  # fmt: skip
-    return read_cold_start(path)
+    for side in staged.iterdir():  # side files first: the records file appearing means all are there
+        if side.name != path.name and side.suffix != ".lock":
+            publish_file(side, path.parent / side.name)
+    publish_file(staged / path.name, path)
+    remove_tree(staged)

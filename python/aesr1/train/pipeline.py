@@ -200,28 +200,6 @@ def _save_pretrained(model, processor, path: Path) -> None:
     publish_dir(staged, path)
 
 
-def _cold_start_rows(config: TrainConfig, train, out: Path, is_main: bool) -> list[dict]:
-    """The SFT records; when built here (synthetic data), built once into a temporary directory and
-    published whole as `<output_dir>/aescot.jsonl`."""
-    from aesr1.train.data import cold_start_records
-    from aesr1.train.sft import read_cold_start
-
-    if config.data.cold_start is not None:
-        return cold_start_records(config, train, out)
-    path = out / "aescot.jsonl"
-    if is_main and not path.is_file():
-        staged = staging_path(out / "aescot")
-        remove_tree(staged)
-        staged.mkdir()
-        cold_start_records(config, train, staged)
-        for side in staged.iterdir():  # side files first: aescot.jsonl appearing means all are there
-            if side.name != path.name and side.suffix != ".lock":
-                publish_file(side, out / side.name)
-        publish_file(staged / path.name, path)
-        remove_tree(staged)
-    return read_cold_start(path)
-
-
 def build_model(config: TrainConfig, corpus: list[str]):
     """The tiny model (tokenizer trained on `corpus`) or the local checkpoint of `model.name_or_path`."""
     if config.model.name_or_path is None:
@@ -376,7 +354,7 @@ def run_pipeline(
     """
     from accelerate.state import PartialState
 
-    from aesr1.train.data import load_items
+    from aesr1.train.data import cold_start_records, load_items
     from aesr1.train.rapo import RAPOTrainer
     from aesr1.train.sft import run_sft
 
@@ -398,7 +376,7 @@ def run_pipeline(
     with state.main_process_first():
         train, test = load_items(config, out)
         rows = (
-            _cold_start_rows(config, train, out, state.is_main_process)
+            cold_start_records(config, train, out, is_main=state.is_main_process)
             if config.sft.epochs > 0 and "sft" in stages
             else []
         )
