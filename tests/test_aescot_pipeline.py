@@ -289,7 +289,7 @@ def test_repair_and_read_jsonl(tmp_path):
     repair_jsonl(path)
     assert path.read_text() == ""
     path.write_text('{"id": "a"}\nnot json\n')
-    with pytest.raises(ValueError, match=r"f.jsonl:2 is not valid JSON"):
+    with pytest.raises(ValueError, match=r"f.jsonl': line 2 is not JSON"):
         read_jsonl(path)
 
 

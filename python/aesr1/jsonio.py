@@ -1,9 +1,13 @@
-"""Writing result files: strict JSON, whole-file replacement, and OS errors that name the file.
+"""JSON files: strict JSON, whole-file replacement, JSONL read line by line, and errors that name
+the file.
 
 `json.dumps` writes NaN and infinities as the bare tokens ``NaN`` / ``Infinity``, which are not JSON
 (`jq`, browsers and most other languages reject the file); here they become ``null``. A file is
 written next to its destination and renamed over it, so a full disk or a kill never leaves a
 truncated result behind (the previous version survives and a rerun rewrites it).
+
+A JSONL file that cannot be read raises ValueError naming the file and the line, so a bad line is
+one message, not a traceback.
 """
 
 from __future__ import annotations
@@ -106,3 +110,35 @@ def os_error_message(error: OSError) -> str:
 
 def _name(filename: Any) -> str:
     return os.fsdecode(filename) if isinstance(filename, (str, bytes, os.PathLike)) else str(filename)
+
+
+def jsonl_objects(
+    path: str | os.PathLike, *, skip_partial_last_line: bool = False
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) of each non-blank line of a JSONL file.
+
+    A line that is not a JSON object, or text that is not UTF-8, raises ValueError naming the file
+    and the line; a file that cannot be opened raises OSError naming it. With
+    `skip_partial_last_line`, a last line without its newline (a write cut short by a kill) is left
+    out instead of read.
+    """
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if skip_partial_last_line and not line.endswith("\n"):
+                    return
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise ValueError(
+                        f"{str(path)!r}: line {number} is not JSON ({error.msg} at column {error.colno})"
+                    ) from None
+                if not isinstance(record, dict):
+                    raise ValueError(
+                        f"{str(path)!r}: line {number} is a JSON {type(record).__name__}, expected an object"
+                    )
+                yield number, record
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{str(path)!r}: not UTF-8 text ({error.reason} at byte {error.start})") from None

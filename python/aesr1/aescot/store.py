@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aesr1.jsonio import jsonl_objects
+
 # The kept-items file that `build --output-dir DIR` writes, and that training finds in DIR.
 OUTPUT_FILE_NAME = "aescot.jsonl"
 
@@ -115,25 +117,15 @@ def repair_jsonl(path: Path) -> int:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """All records of `path` (none if it does not exist); a corrupt complete line raises ValueError."""
+    """All records of `path` (none if it does not exist) but a partial last line, which a killed run
+    leaves and `repair_jsonl` removes; a corrupt complete line raises ValueError naming the line."""
     if not path.exists():
         return []
     records = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.endswith("\n"):
-                break  # partial trailing line of a killed run; `repair_jsonl` removes it
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(
-                    f"{path}:{number} is not valid JSON ({error}); fix or remove that line"
-                ) from error
-            if not isinstance(record, dict) or "id" not in record:
-                raise ValueError(f"{path}:{number} is not an AesCoT record (an object with an 'id')")
-            records.append(record)
+    for number, record in jsonl_objects(path, skip_partial_last_line=True):
+        if "id" not in record:
+            raise ValueError(f"{str(path)!r}: line {number} is not an AesCoT record (an object with an 'id')")
+        records.append(record)
     return records
 
 
