@@ -318,10 +318,6 @@ class _Results:
         )  # fmt: skip
 
 
-def _clean_nan(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
-
-
 def release_trainer(trainer) -> None:
     """Drop a finished stage's DeepSpeed engine, optimiser state and accelerator state, so the next
     stage starts with free GPU memory and builds its own DeepSpeed configuration."""
@@ -435,7 +431,7 @@ def run_pipeline(
             trainer = RAPOTrainer(
                 config, model, processor, train, ref_model=ref_model, output_dir=out / "rapo",
                 accelerator=accelerator,
-                evaluate_fn=lambda m, step: _clean_nan(evaluate(m, processor, None, accelerator).metrics()),
+                evaluate_fn=lambda m, step: evaluate(m, processor, None, accelerator).metrics(),
             )  # fmt: skip
             trainer.train(resume=resume)
             trainer.save_model(rapo_final)
