@@ -12,7 +12,10 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from aesr1.train.trackers import Trackers
 
 
 def _clean(value: Any) -> Any:
@@ -31,10 +34,21 @@ class MetricsLogger:
         stage: prefix of every record and TensorBoard tag (e.g. "rapo").
         enabled: False on non-main processes.
         tensorboard: also write TensorBoard scalars.
+        trackers: the run's experiment trackers (`aesr1.train.trackers.Trackers`), given every
+            record under the same `<stage>/<metric>` names as TensorBoard.
     """
 
-    def __init__(self, log_dir: str | Path, stage: str, *, enabled: bool = True, tensorboard: bool = True):
+    def __init__(
+        self,
+        log_dir: str | Path,
+        stage: str,
+        *,
+        enabled: bool = True,
+        tensorboard: bool = True,
+        trackers: Trackers | None = None,
+    ):
         self.stage = stage
+        self.trackers = trackers if enabled else None
         self.enabled = enabled
         self.path = Path(log_dir) / f"{stage}_metrics.jsonl"
         self._writer = None
@@ -87,6 +101,10 @@ class MetricsLogger:
                 if key in ("stage", "step", "time") or not isinstance(value, (int, float)):
                     continue
                 writer.add_scalar(f"{self.stage}/{key}", value, step)
+        if self.trackers is not None:
+            self.trackers.log(
+                self.stage, step, {k: v for k, v in record.items() if k not in ("stage", "step", "time")}
+            )
 
     def flush(self) -> None:
         if self._writer is not None:
