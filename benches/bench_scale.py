@@ -440,22 +440,24 @@ class Setup:
         return float(batch["attention_mask"].sum()) / len(rows) * self.workload.sequences_per_step
 
     def train_config(self, output_dir: Path):
-        from aesr1.train.config import EvalConfig, ModelConfig, RAPOConfig, SFTConfig, TrainConfig
+        from aesr1.train.config import HeldOutEvalConfig, ModelConfig, RAPOConfig, SFTStageConfig, TrainConfig
 
         wl = self.workload
         return TrainConfig(
-            output_dir=str(output_dir), seed=self.seed, save_interval=10**9, log_interval=1, progress=False,
+            output_dir=str(output_dir), seed=self.seed, save_steps=10**9, logging_steps=1, progress=False,
             tensorboard=False, deepspeed=wl.deepspeed,
             model=ModelConfig(dtype=wl.dtype, gradient_checkpointing=wl.gradient_checkpointing),
-            sft=SFTConfig(epochs=1.0, max_steps=wl.total_steps, learning_rate=1e-5,
-                          global_batch_size=wl.sequences_per_step, micro_batch_size=wl.micro_batch_size,
-                          max_completion_length=wl.max_completion_length, warmup_ratio=0.0,
-                          freeze_vision_tower=wl.freeze_vision, freeze_projector=wl.freeze_vision),
-            rapo=RAPOConfig(epochs=1.0, max_steps=wl.total_steps, num_generations=wl.num_generations,
+            sft=SFTStageConfig(num_train_epochs=1.0, max_steps=wl.total_steps, learning_rate=1e-5,
+                               global_batch_size=wl.sequences_per_step,
+                               per_device_train_batch_size=wl.micro_batch_size,
+                               max_completion_length=wl.max_completion_length, warmup_ratio=0.0,
+                               freeze_vision_tower=wl.freeze_vision, freeze_projector=wl.freeze_vision),
+            rapo=RAPOConfig(num_train_epochs=1.0, max_steps=wl.total_steps, num_generations=wl.num_generations,
                             learning_rate=1e-6, mini_batch_size=wl.sequences_per_step, steps_per_generation=1,
-                            micro_batch_size=wl.micro_batch_size, max_completion_length=wl.max_completion_length,
-                            beta=wl.beta, freeze_vision_tower=wl.freeze_vision, freeze_projector=wl.freeze_vision),
-            eval=EvalConfig(interval=0, evaluate_untrained=False),
+                            per_device_train_batch_size=wl.micro_batch_size,
+                            max_completion_length=wl.max_completion_length, beta=wl.beta,
+                            freeze_vision_tower=wl.freeze_vision, freeze_projector=wl.freeze_vision),
+            eval=HeldOutEvalConfig(eval_steps=0, evaluate_untrained=False),
         )  # fmt: skip
 
 
@@ -613,8 +615,8 @@ def run_aesr1_rapo(setup: Setup, out: Path, progress: bool) -> tuple[list[StepRe
     trainer = RAPOTrainer(config, model, setup.processor, setup.items, ref_model=reference, output_dir=out,
                           accelerator=accelerator)  # fmt: skip
     del model, reference
-    graphs = config.rapo.rollout_cuda_graphs
-    note = (f"rollout_backend={config.rapo.rollout_backend}, fused_linear={trainer.fused_linear}, "
+    graphs = config.rapo.rollout.engine.cuda_graphs
+    note = (f"rollout.backend={config.rapo.rollout.backend}, fused_linear={trainer.fused_linear}, "
             f"distributed={accelerator.distributed_type.value}, "
             f"{trainable_note(accelerator.unwrap_model(trainer.model))}")  # fmt: skip
     loss_problem = loss_backend_problem(config.rapo.loss_backend, device)

@@ -4,6 +4,7 @@ mistakes in files and `--set` end in one `error:` line, not a parser traceback."
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 
@@ -20,8 +21,11 @@ from aesr1.train.config import (
 
 
 def nested(key: str, value) -> dict:
-    section, _, name = key.rpartition(".")
-    return {section: {name: value}} if section else {name: value}
+    """{"a": {"b": value}} for "a.b", at any depth."""
+    out = value
+    for part in reversed(key.split(".")):
+        out = {part: out}
+    return out
 
 
 def test_every_numeric_setting_has_a_range():
@@ -32,8 +36,8 @@ def float_settings() -> list[str]:
     config = TrainConfig()
     keys = []
     for key in NUMERIC_RANGES:
-        section, _, name = key.rpartition(".")
-        owner = getattr(config, section) if section else config
+        *sections, name = key.split(".")
+        owner = functools.reduce(getattr, sections, config)
         field = next(f for f in dataclasses.fields(owner) if f.name == name)
         if "float" in str(field.type):
             keys.append(key)
@@ -67,6 +71,8 @@ def test_non_finite_numbers_are_rejected_by_key(key, value):
         ("save_total_limit", 0),
         ("seed", -1),
         ("eval.max_completion_length", 0),
+        ("rapo.rollout.vllm_gpu_memory_utilization", 1.5),
+        ("rapo.rollout.engine.kv_block", 0),
     ],
 )
 def test_out_of_range_numbers_are_rejected_by_key(key, value):
@@ -79,8 +85,8 @@ def test_out_of_range_numbers_are_rejected_by_key(key, value):
     [
         ("model.dtype", "float33"),
         ("model.tiny_hidden_size", 40),
-        ("sft.lr_scheduler", "cosin"),
-        ("rapo.lr_scheduler", "linaer"),
+        ("sft.lr_scheduler_type", "cosin"),
+        ("rapo.lr_scheduler_type", "linaer"),
     ],
 )
 def test_bad_choices_are_rejected_by_key(key, value):

@@ -14,11 +14,11 @@ from aesr1.train.tracking import read_metrics
 
 SETTINGS = [
     "data.synthetic_n=40", "data.synthetic_image_size=32", "data.cold_start_per_bin=2", "data.max_eval_images=4",
-    "model.dtype=float32", "tensorboard=false", "save_interval=2",
-    "sft.global_batch_size=2", "sft.micro_batch_size=2", "sft.epochs=1", "sft.max_completion_length=24",
-    "rapo.num_generations=2", "rapo.mini_batch_size=4", "rapo.micro_batch_size=4", "rapo.steps_per_generation=1",
+    "model.dtype=float32", "tensorboard=false", "save_steps=2",
+    "sft.global_batch_size=2", "sft.per_device_train_batch_size=2", "sft.num_train_epochs=1", "sft.max_completion_length=24",
+    "rapo.num_generations=2", "rapo.mini_batch_size=4", "rapo.per_device_train_batch_size=4", "rapo.steps_per_generation=1",
     "rapo.max_steps=2", "rapo.max_completion_length=8",
-    "eval.batch_size=4", "eval.max_completion_length=8", "eval.interval=0",
+    "eval.batch_size=4", "eval.max_completion_length=8", "eval.eval_steps=0",
 ]  # fmt: skip
 
 
@@ -70,7 +70,7 @@ def test_a_run_refuses_a_directory_holding_another(finished_run, capsys):
 
 def test_rapo_alone_needs_the_finished_sft_model(tmp_path, capsys):
     err = _error(capsys, argv(tmp_path / "fresh", "--stages", "rapo"))
-    assert "sft" in err and "sft.epochs=0" in err
+    assert "sft" in err and "sft.num_train_epochs=0" in err
 
 
 def test_overwrite_starts_clean_and_rapo_alone_starts_from_sft(finished_run, monkeypatch):

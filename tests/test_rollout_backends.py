@@ -1,4 +1,4 @@
-"""The rollout_backend switch (engine | generate | vllm) and the rollout benchmark's CPU smoke run."""
+"""The rollout backend switch (engine | generate | vllm) and the rollout benchmark's CPU smoke run."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def images():
 @pytest.mark.parametrize("backend", ["engine", "generate"])
 def test_engine_and_generate_backends_return_rollouts_with_sampling_logprobs(tiny, images, backend):
     model, processor = tiny
-    rollout_fn = make_rollout_fn(RolloutConfig(rollout_backend=backend))
+    rollout_fn = make_rollout_fn(RolloutConfig(backend=backend))
     sampling = SamplingConfig(num_samples=2, temperature=0.9, max_new_tokens=6)
     rollout = rollout_fn(model, processor, images, sampling, seed=4)
     # on CPU both are `generate` (the engine backend falls back): the same seeded samples
@@ -48,27 +48,28 @@ def test_engine_and_generate_backends_return_rollouts_with_sampling_logprobs(tin
 
 
 def test_vllm_is_imported_only_when_selected_and_missing_vllm_is_explained(monkeypatch):
-    make_rollout_fn(RolloutConfig(rollout_backend="engine"))
-    make_rollout_fn(RolloutConfig(rollout_backend="generate"))
+    make_rollout_fn(RolloutConfig(backend="engine"))
+    make_rollout_fn(RolloutConfig(backend="generate"))
     if importlib.util.find_spec("vllm") is None:
         assert "vllm" not in sys.modules
     monkeypatch.setattr(backends_module.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ImportError, match=r"pip install 'trl\[vllm\]'"):
-        make_rollout_fn(RolloutConfig(rollout_backend="vllm"))
+        make_rollout_fn(RolloutConfig(backend="vllm"))
 
 
 def test_vllm_backend_names_what_it_needs(monkeypatch):
     monkeypatch.setattr(backends_module.importlib.util, "find_spec", lambda name: object())
     with pytest.raises(ValueError, match="model, processor, accelerator, sampling"):
-        make_rollout_fn(RolloutConfig(rollout_backend="vllm"))
+        make_rollout_fn(RolloutConfig(backend="vllm"))
 
 
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(rollout_backend="sglang"), "rollout_backend"),
+        (dict(backend="sglang"), "backend"),
         (dict(vllm_mode="remote"), "vllm_mode"),
         (dict(vllm_gpu_memory_utilization=0.0), "vllm_gpu_memory_utilization"),
+        (dict(backend="vllm", vllm_mode="server"), "vllm_server_base_url"),
     ],
 )
 def test_rollout_config_validation(kwargs, match):

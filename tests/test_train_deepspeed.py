@@ -65,11 +65,15 @@ def test_explicit_values_that_contradict_the_training_config_are_refused():
 
 
 def test_rapo_accumulation_counts_micro_batches_per_process():
-    config = config_from_dict({"rapo": {"mini_batch_size": 32, "micro_batch_size": 8, "num_generations": 4}})
+    config = config_from_dict(
+        {"rapo": {"mini_batch_size": 32, "per_device_train_batch_size": 8, "num_generations": 4}}
+    )
     assert rapo_accumulation_steps(config, 1) == 4
     assert rapo_accumulation_steps(config, 2) == 2
     assert rapo_accumulation_steps(config, 8) == 1
-    uneven = config_from_dict({"rapo": {"mini_batch_size": 24, "micro_batch_size": 8, "num_generations": 4}})
+    uneven = config_from_dict(
+        {"rapo": {"mini_batch_size": 24, "per_device_train_batch_size": 8, "num_generations": 4}}
+    )
     assert rapo_accumulation_steps(uneven, 1) == 3
 
 
@@ -169,10 +173,10 @@ def test_pipeline_runs_both_stages_under_zero3_in_two_processes_and_resumes(tmp_
     evaluations on gathered weights, then `--resume` finds both stages done."""
     out = tmp_path / "run"
     sets = ["data.synthetic_n=80", "data.synthetic_image_size=32", "data.cold_start_per_bin=8",
-            "data.max_eval_images=16", "model.dtype=float32", "sft.global_batch_size=8", "sft.micro_batch_size=2",
-            "sft.epochs=1", "sft.max_completion_length=32", "rapo.mini_batch_size=8", "rapo.micro_batch_size=2",
+            "data.max_eval_images=16", "model.dtype=float32", "sft.global_batch_size=8", "sft.per_device_train_batch_size=2",
+            "sft.num_train_epochs=1", "sft.max_completion_length=32", "rapo.mini_batch_size=8", "rapo.per_device_train_batch_size=2",
             "rapo.steps_per_generation=2", "rapo.max_steps=4", "rapo.max_completion_length=12",
-            "eval.batch_size=8", "eval.max_completion_length=12", "eval.interval=2", "save_interval=2"]  # fmt: skip
+            "eval.batch_size=8", "eval.max_completion_length=12", "eval.eval_steps=2", "save_steps=2"]  # fmt: skip
     env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", TRITON_INTERPRET="0",
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")  # fmt: skip
 

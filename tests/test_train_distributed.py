@@ -12,7 +12,7 @@ import torch
 import torch.multiprocessing as mp
 
 from aesr1 import rewards
-from aesr1.train.config import RewardConfig
+from aesr1.train.config import RewardMixConfig
 
 K = 4
 # Two processes x two images x K completions; ground truths chosen so that cross-process pairs matter.
@@ -48,7 +48,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     assert accelerator.num_processes == world
     result = {}
     for scope in ("global", "local"):
-        scored = score_rollouts(TEXTS[rank], GT[rank], K, RewardConfig(rank_scope=scope), accelerator)
+        scored = score_rollouts(TEXTS[rank], GT[rank], K, RewardMixConfig(rank_scope=scope), accelerator)
         result[f"{scope}_total"] = scored.total
         result[f"{scope}_rank"] = scored.components["rank"]
         result[f"{scope}_adv"] = scored.advantages
@@ -70,10 +70,10 @@ def _trainer_round(accelerator, out_dir: str) -> dict:
         items = make_synthetic_dataset(os.path.join(out_dir, "syn"), n=8, seed=0, image_size=32)
     config = config_from_dict({
         "output_dir": out_dir, "progress": False, "tensorboard": False,
-        "rapo": {"mini_batch_size": 16, "steps_per_generation": 1, "micro_batch_size": 4,
+        "rapo": {"mini_batch_size": 16, "steps_per_generation": 1, "per_device_train_batch_size": 4,
                  "max_completion_length": 6, "learning_rate": 1e-2, "max_steps": 1, "beta": 0.0},
         "reward": {"format": 1.0},
-        "eval": {"interval": 0},
+        "eval": {"eval_steps": 0},
     })  # fmt: skip
     model, processor = build_tiny_model(seed=0)
     trainer = RAPOTrainer(config, model, processor, items, output_dir=out_dir, accelerator=accelerator)

@@ -24,9 +24,9 @@ def items(tmp_path_factory):
 
 def make_trainer(tmp_path, items, model=None, **rapo):
     values = {"output_dir": str(tmp_path), "progress": False, "tensorboard": False,
-              "rapo": {"num_generations": 2, "mini_batch_size": 8, "steps_per_generation": 1, "micro_batch_size": 4,
+              "rapo": {"num_generations": 2, "mini_batch_size": 8, "steps_per_generation": 1, "per_device_train_batch_size": 4,
                        "max_completion_length": 8, "learning_rate": 1e-2, "max_steps": 2, "beta": 0.0, **rapo},
-              "reward": {"format": 1.0}, "eval": {"interval": 0}}  # fmt: skip
+              "reward": {"format": 1.0}, "eval": {"eval_steps": 0}}  # fmt: skip
     if model is None:
         model, processor = build_tiny_model(seed=0)
     else:
@@ -153,7 +153,7 @@ def test_frozen_vision_stays_put_through_rapo_steps(items, tmp_path):
 
 def test_rollout_backend_generate_records_sampling_logprobs_and_drift(items, tmp_path):
     trainer = make_trainer(
-        tmp_path, items, rollout_backend="generate", steps_per_generation=2, mini_batch_size=4
+        tmp_path, items, rollout={"backend": "generate"}, steps_per_generation=2, mini_batch_size=4
     )
     data = trainer.generate_round(0)
     sampled = data.batch["sampling_logprobs"]
@@ -180,7 +180,7 @@ def test_rollout_backend_generate_records_sampling_logprobs_and_drift(items, tmp
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="checks the error without vLLM")
 def test_vllm_backend_without_vllm_says_how_to_install(items, tmp_path):
     with pytest.raises(ImportError, match="pip install"):
-        make_trainer(tmp_path, items, rollout_backend="vllm")
+        make_trainer(tmp_path, items, rollout={"backend": "vllm"})
 
 
 class _FakeFlashModel:

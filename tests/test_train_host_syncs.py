@@ -33,7 +33,7 @@ def count_host_reads(monkeypatch):
 
 @pytest.mark.parametrize("fused_linear", [False, True])
 def test_one_host_read_per_optimiser_step(trained, items, tmp_path, fused_linear, count_host_reads):  # noqa: F811
-    config = small_config(tmp_path, mini_batch_size=8, micro_batch_size=2, fused_linear=fused_linear,
+    config = small_config(tmp_path, mini_batch_size=8, per_device_train_batch_size=2, fused_linear=fused_linear,
                           loss_backend="torch")  # fmt: skip
     trainer = make_trainer(config, trained, items, tmp_path)
     data = trainer.generate_round(0)
@@ -47,7 +47,7 @@ def test_one_host_read_per_optimiser_step(trained, items, tmp_path, fused_linear
 
 
 def test_bad_loss_input_still_raises_before_the_weights_move(trained, items, tmp_path):  # noqa: F811
-    config = small_config(tmp_path, mini_batch_size=8, micro_batch_size=2, loss_backend="torch")
+    config = small_config(tmp_path, mini_batch_size=8, per_device_train_batch_size=2, loss_backend="torch")
     trainer = make_trainer(config, trained, items, tmp_path)
     data = trainer.generate_round(0)
     data.old_logp = data.old_logp.clone()

@@ -16,7 +16,7 @@ from aesr1.modeling.chat import build_inputs, model_inputs
 from aesr1.modeling.tiny import build_tiny_model
 from aesr1.prompts import SCORING_PROMPT, format_completion
 from aesr1.train.batching import patch_offsets, select_rows
-from aesr1.train.config import RewardConfig, config_from_dict
+from aesr1.train.config import RewardMixConfig, config_from_dict
 from aesr1.train.rapo import RAPOTrainer
 from aesr1.train.scoring import score_rollouts
 from aesr1.train.tracking import read_metrics
@@ -52,19 +52,19 @@ def small_config(tmp_path, **rapo):
         "output_dir": str(tmp_path),
         "progress": False,
         "tensorboard": False,
-        "save_interval": 2,
+        "save_steps": 2,
         "rapo": {
             "num_generations": 4,
             "mini_batch_size": 8,
             "steps_per_generation": 2,
-            "micro_batch_size": 4,
+            "per_device_train_batch_size": 4,
             "max_completion_length": 40,
             "learning_rate": 1e-3,
-            "epochs": 1.0,
+            "num_train_epochs": 1.0,
             "max_steps": 4,
             **rapo,
         },  # fmt: skip
-        "eval": {"interval": 0},
+        "eval": {"eval_steps": 0},
     }
     return config_from_dict(values)
 
@@ -133,7 +133,7 @@ def test_select_rows_keeps_layout(trained, items):
 def test_unparseable_completions_counted_with_zero_reward():
     texts = ["<think>ok</think><answer>0.80</answer>", "no answer here", "<answer>1.7</answer>",
              "<think>x</think><answer>0.75</answer>"] + ["<think>y</think><answer>0.20</answer>"] * 4  # fmt: skip
-    scored = score_rollouts(texts, [0.8, 0.2], 4, RewardConfig())
+    scored = score_rollouts(texts, [0.8, 0.2], 4, RewardMixConfig())
     assert np.isnan(scored.scores[[1, 2]]).all()
     assert scored.total[1] == 0.0 and scored.total[2] == 0.0
     for name in ("rank", "abs", "binary", "format"):
@@ -146,9 +146,9 @@ def test_reward_weights_follow_config():
     texts = ["<think>a</think><answer>0.70</answer>", "<think>a</think><answer>0.10</answer>"] * 2 + [
         "<think>b</think><answer>0.30</answer>"
     ] * 4
-    only_rank = score_rollouts(texts, [0.7, 0.3], 4, RewardConfig(rank=1.0, abs=0.0))
+    only_rank = score_rollouts(texts, [0.7, 0.3], 4, RewardMixConfig(rank=1.0, abs=0.0))
     np.testing.assert_allclose(only_rank.total, only_rank.components["rank"])
-    binary = score_rollouts(texts, [0.7, 0.3], 4, RewardConfig(rank=0.0, abs=0.0, binary=1.0))
+    binary = score_rollouts(texts, [0.7, 0.3], 4, RewardMixConfig(rank=0.0, abs=0.0, binary=1.0))
     assert binary.total.tolist() == [1.0, 0.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0]
 
 
@@ -220,7 +220,7 @@ def test_kill_and_resume_gives_identical_state(trained, items, tmp_path):
 
 
 def test_kill_before_the_first_checkpoint_logs_each_step_once(trained, items, tmp_path):
-    config = config_from_dict({"save_interval": 100}, small_config(tmp_path, max_steps=4))
+    config = config_from_dict({"save_steps": 100}, small_config(tmp_path, max_steps=4))
     killed = make_trainer(config, trained, items, tmp_path)
     original = killed.generate_round
 
@@ -261,8 +261,8 @@ def test_table2_reward_combinations_run_by_config(trained, items, tmp_path, name
     from aesr1.train.config import load_config
 
     config = config_from_dict(
-        {"output_dir": str(tmp_path), "progress": False, "tensorboard": False, "eval": {"interval": 0},
-         "rapo": {"mini_batch_size": 8, "steps_per_generation": 1, "micro_batch_size": 8,
+        {"output_dir": str(tmp_path), "progress": False, "tensorboard": False, "eval": {"eval_steps": 0},
+         "rapo": {"mini_batch_size": 8, "steps_per_generation": 1, "per_device_train_batch_size": 8,
                   "max_completion_length": 40, "max_steps": 1, "learning_rate": 1e-3}},
         load_config(name),
     )  # fmt: skip

@@ -26,11 +26,11 @@ def tiny(rows):
     return build_tiny_model(0, vocab_corpus=[r["completion"] for r in rows])
 
 
-def sft_config(tmp_path, save_interval=2, **sft):
+def sft_config(tmp_path, save_steps=2, **sft):
     return config_from_dict({
-        "output_dir": str(tmp_path), "progress": False, "tensorboard": False, "save_interval": save_interval,
-        "sft": {"epochs": 3, "learning_rate": 5e-3, "global_batch_size": 8, "micro_batch_size": 4,
-                "warmup_ratio": 0.0, "lr_scheduler": "constant", **sft},
+        "output_dir": str(tmp_path), "progress": False, "tensorboard": False, "save_steps": save_steps,
+        "sft": {"num_train_epochs": 3, "learning_rate": 5e-3, "global_batch_size": 8, "per_device_train_batch_size": 4,
+                "warmup_ratio": 0.0, "lr_scheduler_type": "constant", **sft},
     })  # fmt: skip
 
 
@@ -86,13 +86,14 @@ def test_sft_killed_anywhere_resumes_bit_identically(rows, tmp_path):
 
     def run(directory, **kwargs):
         model, processor = tiny(rows)
-        config = sft_config(directory, save_interval=3, lr_scheduler="linear", epochs=2)  # 4 steps
+        # 4 steps
+        config = sft_config(directory, save_steps=3, lr_scheduler_type="linear", num_train_epochs=2)
         return run_sft(config, model, processor, rows, directory / "sft", **kwargs)
 
     run(tmp_path / "full")
     killed = tmp_path / "killed"
     with pytest.raises(_Killed):
-        run(killed, callbacks=[_dies_after_step(2)])  # no checkpoint yet (save_interval 3)
+        run(killed, callbacks=[_dies_after_step(2)])  # no checkpoint yet (save_steps 3)
     with pytest.raises(_Killed):
         run(killed, resume=True, callbacks=[_dies_after_step(4)])  # after checkpoint-3, mid-epoch
     assert [r["step"] for r in read_metrics(killed / "sft" / "sft_metrics.jsonl")] == [1, 2, 3]
@@ -109,12 +110,12 @@ def test_sft_killed_anywhere_resumes_bit_identically(rows, tmp_path):
 @pytest.mark.parametrize("name", ["table3_sft1", "table3_sft2", "table3_sft10"])
 def test_table3_epoch_settings_run(rows, tmp_path, name):
     config = load_config(name)
-    assert sft_steps(config, 3000) == pytest.approx(3000 / 64 * config.sft.epochs, abs=1)
+    assert sft_steps(config, 3000) == pytest.approx(3000 / 64 * config.sft.num_train_epochs, abs=1)
     small = config_from_dict(
         {"output_dir": str(tmp_path), "progress": False, "tensorboard": False,
-         "sft": {"global_batch_size": 4, "micro_batch_size": 4, "max_steps": 1}}, config,
+         "sft": {"global_batch_size": 4, "per_device_train_batch_size": 4, "max_steps": 1}}, config,
     )  # fmt: skip
-    assert small.sft.epochs == config.sft.epochs
+    assert small.sft.num_train_epochs == config.sft.num_train_epochs
     model, processor = tiny(rows)
     trainer = run_sft(small, model, processor, rows, tmp_path / "sft")
     assert trainer.state.global_step == 1

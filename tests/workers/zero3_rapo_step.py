@@ -27,11 +27,11 @@ class PlainSGD(torch.optim.SGD):
 def rapo_values(out_dir: str, fused: bool) -> dict:
     return {
         "output_dir": out_dir, "progress": False, "tensorboard": False,
-        "rapo": {"num_generations": 2, "mini_batch_size": 8, "steps_per_generation": 1, "micro_batch_size": 2,
+        "rapo": {"num_generations": 2, "mini_batch_size": 8, "steps_per_generation": 1, "per_device_train_batch_size": 2,
                  "max_completion_length": 6, "learning_rate": 1.0, "max_grad_norm": 1.0e9, "beta": 0.05,
                  "max_steps": 1, "fused_linear": fused, "shuffle_mini_batches": False},
         "reward": {"format": 1.0},
-        "eval": {"interval": 0},
+        "eval": {"eval_steps": 0},
     }  # fmt: skip
 
 

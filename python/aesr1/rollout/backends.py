@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import importlib.util
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -27,56 +26,17 @@ from aesr1.generation import Rollout, SamplingConfig, completion_mask_until_eos
 from aesr1.modeling.chat import END_OF_TURN, load_images
 from aesr1.prompts import SCORING_PROMPT
 from aesr1.rollout.api import _prompt_batch, _rollout, generate_rollouts
-from aesr1.rollout.engine import EngineOptions
-
-ROLLOUT_BACKENDS = ("engine", "generate", "vllm")
-VLLM_MODES = ("colocate", "server")
+from aesr1.rollout.config import RolloutConfig
 
 RolloutFn = Callable[..., Rollout]
-
-
-@dataclass
-class RolloutConfig:
-    """Which implementation samples the rollouts, and its settings.
-
-    Attributes:
-        rollout_backend: "engine" (default; the engine on CUDA, `generate` on CPU), "generate" or
-            "vllm" (see the module docstring).
-        engine: options of the decode engine (CUDA graphs, KV block, check interval, buckets).
-        vllm_mode: "colocate" (vLLM shares this process and GPU) or "server" (a running
-            `trl vllm-serve`, reached at `vllm_server_base_url`).
-        vllm_gpu_memory_utilization: GPU memory fraction vLLM may take in colocate mode.
-        vllm_server_base_url: server URL in server mode, e.g. "http://localhost:8000".
-        vllm_kwargs: further keyword arguments of trl's `VLLMGeneration` (e.g. `max_model_length`,
-            `enable_sleep_mode`, `tensor_parallel_size`).
-    """
-
-    rollout_backend: str = "engine"
-    engine: EngineOptions = field(default_factory=EngineOptions)
-    vllm_mode: str = "colocate"
-    vllm_gpu_memory_utilization: float = 0.3
-    vllm_server_base_url: str | None = None
-    vllm_kwargs: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.rollout_backend not in ROLLOUT_BACKENDS:
-            raise ValueError(
-                f"rollout_backend must be one of {ROLLOUT_BACKENDS}, got {self.rollout_backend!r}"
-            )
-        if self.vllm_mode not in VLLM_MODES:
-            raise ValueError(f"vllm_mode must be one of {VLLM_MODES}, got {self.vllm_mode!r}")
-        if not 0 < self.vllm_gpu_memory_utilization <= 1:
-            raise ValueError(
-                f"vllm_gpu_memory_utilization must lie in (0, 1], got {self.vllm_gpu_memory_utilization}"
-            )
 
 
 def require_vllm() -> None:
     """Raise an ImportError that says how to get vLLM when it is not installed."""
     if importlib.util.find_spec("vllm") is None:
         raise ImportError(
-            "rollout_backend='vllm' needs vLLM, which is not installed: `pip install 'trl[vllm]'` "
-            "(a vLLM version your trl supports), or use rollout_backend='engine' (the default)"
+            "the rollout backend 'vllm' needs vLLM, which is not installed: `pip install 'trl[vllm]'` "
+            "(a vLLM version your trl supports), or use the backend 'engine' (the default)"
         )
 
 
@@ -88,18 +48,18 @@ def make_rollout_fn(
     accelerator=None,
     sampling: SamplingConfig | None = None,
 ) -> RolloutFn:
-    """The rollout function of `config.rollout_backend`. vLLM needs `model`, `processor`,
+    """The rollout function of `config.backend`. vLLM needs `model`, `processor`,
     `accelerator` and the `sampling` settings at construction (it starts its own engine)."""
     config = config or RolloutConfig()
-    if config.rollout_backend == "engine":
+    if config.backend == "engine":
         return functools.partial(generate_rollouts, engine="auto", options=config.engine)
-    if config.rollout_backend == "generate":
+    if config.backend == "generate":
         return functools.partial(generate_rollouts, engine="generate")
     require_vllm()
     missing = [name for name, value in (("model", model), ("processor", processor),
                                         ("accelerator", accelerator), ("sampling", sampling)) if value is None]  # fmt: skip
     if missing:
-        raise ValueError(f"rollout_backend='vllm' needs {', '.join(missing)} to start vLLM")
+        raise ValueError(f"the rollout backend 'vllm' needs {', '.join(missing)} to start vLLM")
     return VLLMRollouts(config, model, processor, accelerator, sampling)
 
 
@@ -140,7 +100,7 @@ class VLLMRollouts:
     ) -> Rollout:
         sampling = sampling or SamplingConfig()
         if not sampling.do_sample:
-            raise ValueError("the vLLM backend samples; use rollout_backend='engine' for greedy decoding")
+            raise ValueError("the vLLM backend samples; use the backend 'engine' for greedy decoding")
         generation = self.generation
         generation.temperature, generation.top_p, generation.top_k = (
             sampling.temperature,

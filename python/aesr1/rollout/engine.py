@@ -41,6 +41,7 @@ from typing import Any
 import torch
 
 from aesr1.generation import completion_mask_until_eos
+from aesr1.rollout.config import EngineOptions
 from aesr1.rollout.positions import prompt_position_ids
 from aesr1.rollout.sampling import SamplingParams, choose_tokens, process_logits, suppress_mask
 from aesr1.rollout.state import DecodeState, StateShape
@@ -51,42 +52,6 @@ PREFILL_KEYS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw",
 SUPPORTED_ATTENTION = ("sdpa", "eager")
 #: Names transformers has given the forward's KV-cache argument, newest first.
 CACHE_KEYWORDS = ("cache", "past_key_values")
-
-
-@dataclass
-class EngineOptions:
-    """Settings of the decode engine.
-
-    Attributes:
-        cuda_graphs: capture each bucket's decode step as a CUDA graph (CUDA devices only).
-        warmup_steps: eager runs of a bucket's step before it is captured (they do real work).
-        kv_block: the KV capacity (prompt + completion - 1 columns) is rounded up to a multiple of
-            this, so calls whose prompts differ a little in length reuse buffers and graphs.
-        check_every: decode steps between host checks for finished rows (stop and compaction);
-            None: 1 on CPU (checks are free there), 8 on CUDA (each check is a synchronisation).
-        min_bucket: smallest bucket; compaction never goes below it.
-        compile: run the decode-step forward through `torch.compile` (inductor fuses the small
-            elementwise kernels of norms, rotary and MLP, which a CUDA graph alone still launches
-            one by one; compiled once per bucket size during the warm-up steps, before capture).
-            Off by default: compiling a 3B model for every bucket takes minutes.
-    """
-
-    cuda_graphs: bool = True
-    warmup_steps: int = 2
-    kv_block: int = 128
-    check_every: int | None = None
-    min_bucket: int = 1
-    compile: bool = False
-
-    def __post_init__(self) -> None:
-        if self.warmup_steps < 1:
-            raise ValueError(f"warmup_steps must be >= 1, got {self.warmup_steps}")
-        if self.kv_block < 1:
-            raise ValueError(f"kv_block must be >= 1, got {self.kv_block}")
-        if self.check_every is not None and self.check_every < 1:
-            raise ValueError(f"check_every must be >= 1 or None, got {self.check_every}")
-        if self.min_bucket < 1:
-            raise ValueError(f"min_bucket must be >= 1, got {self.min_bucket}")
 
 
 @dataclass

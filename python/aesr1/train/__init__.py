@@ -11,11 +11,11 @@ only when a stage runs.
 
 from aesr1.train.config import (
     DataConfig,
-    EvalConfig,
+    HeldOutEvalConfig,
     ModelConfig,
     RAPOConfig,
-    RewardConfig,
-    SFTConfig,
+    RewardMixConfig,
+    SFTStageConfig,
     TrainConfig,
     config_from_dict,
     embedded_default,
@@ -24,12 +24,12 @@ from aesr1.train.config import (
 
 __all__ = [
     "DataConfig",
-    "EvalConfig",
+    "HeldOutEvalConfig",
     "ModelConfig",
     "RAPOConfig",
     "RAPOTrainer",
-    "RewardConfig",
-    "SFTConfig",
+    "RewardMixConfig",
+    "SFTStageConfig",
     "TrainConfig",
     "config_from_dict",
     "embedded_default",
@@ -40,6 +40,10 @@ __all__ = [
 
 
 def __getattr__(name: str):
+    from aesr1.train import config
+
+    if name in config.RENAMED_CLASSES:  # deprecated names, with config's warning
+        return getattr(config, name)
     if name == "RAPOTrainer":
         from aesr1.train.rapo import RAPOTrainer
 

@@ -2,8 +2,16 @@
 
 Defaults follow Appendix C (Qwen2.5-VL-7B-Instruct): SFT 1 epoch, lr 1e-5, global batch 64; RAPO with
 K = 4, lr 1e-6 decaying linearly, mini-batch 32, 10 epochs, max completion 1024 tokens,
-eps_high = 0.28, beta = 0.01, sigma = 0.1, reward = rank + abs. :func:`embedded_default` overrides
+epsilon_high = 0.28, beta = 0.01, sigma = 0.1, reward = rank + abs. :func:`embedded_default` overrides
 sizes and learning rates so that `python -m aesr1.train` runs on a 2-core CPU in minutes.
+
+Settings that trl's `SFTConfig` / `GRPOConfig` (and transformers' `TrainingArguments`) also have
+carry trl's names (`num_train_epochs`, `per_device_train_batch_size`, `lr_scheduler_type`,
+`epsilon`, `save_steps`, ...); the others, and the few that share a name but not a meaning, are
+listed in the docstrings of `SFTStageConfig` and `RAPOConfig`. Keys renamed since the previous
+release still load, with a FutureWarning (`DEPRECATED_KEYS`). The defaults of the RAPO loss
+settings are those of `aesr1.loss.RapoLossConfig`, and the rollout section is
+`aesr1.rollout.RolloutConfig`.
 
 A YAML file holds any subset of the sections below; an unknown key is an error naming it::
 
@@ -11,19 +19,24 @@ A YAML file holds any subset of the sections below; an unknown key is an error n
     output_dir: runs/aesr1
     model: {name_or_path: /models/Qwen2.5-VL-7B-Instruct, dtype: bfloat16}
     data: {spec: "ava:/data/AVA,tad66k:/data/TAD66K"}
-    sft: {epochs: 1, learning_rate: 1.0e-5}
-    rapo: {num_generations: 4, learning_rate: 1.0e-6}
+    sft: {num_train_epochs: 1, learning_rate: 1.0e-5}
+    rapo: {num_generations: 4, learning_rate: 1.0e-6, rollout: {backend: engine}}
     reward: {rank: 1.0, abs: 1.0}
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from aesr1.loss_config import AGGREGATIONS, BACKENDS, RapoLossConfig
+from aesr1.rollout.config import RolloutConfig
 
 #: Packaged YAML configs (Appendix C and the Table 2 / Table 3 variants).
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -91,16 +104,31 @@ class DataConfig:
 
 
 @dataclass
-class SFTConfig:
-    """Stage 1, AesCoT cold start (Eq. 8: NLL of critique and score).
+class SFTStageConfig:
+    """Stage 1, AesCoT cold start (Eq. 8: NLL of critique and score), run by trl's `SFTTrainer`.
+
+    Names are those of trl's `SFTConfig` where it has the setting. Ours without a trl name, or with
+    a different meaning:
+
+    ===========================  ====================================================================
+    ours                         trl `SFTConfig`
+    ===========================  ====================================================================
+    global_batch_size            per_device_train_batch_size x gradient_accumulation_steps x
+                                 processes (we derive gradient_accumulation_steps from it)
+    warmup_ratio                 passed as warmup_steps = round(warmup_ratio x total steps)
+    max_completion_length        none: trl's max_length caps prompt + completion; ours the completion
+    freeze_vision_tower / ...    none (the released cold-start config freezes both)
+    ===========================  ====================================================================
 
     Attributes:
-        epochs: passes over the cold-start data (Appendix C: 1; Table 3 also tries 0, 2, 10). 0 skips.
+        num_train_epochs: passes over the cold-start data (Appendix C: 1; Table 3 also tries 0, 2, 10).
+            0 skips the stage.
         max_steps: stop after this many optimiser steps (None = run all epochs).
         learning_rate: peak AdamW learning rate (Appendix C: 1e-5).
         global_batch_size: sequences per optimiser step over all processes (Appendix C: 64).
-        micro_batch_size: sequences per forward pass per process (gradient accumulation fills the rest).
-        lr_scheduler: transformers scheduler name; the paper does not state it.
+        per_device_train_batch_size: sequences per forward pass per process (gradient accumulation
+            fills the rest of the global batch).
+        lr_scheduler_type: transformers scheduler name; the paper does not state it.
         warmup_ratio: share of steps spent warming up the learning rate.
         weight_decay: AdamW weight decay.
         max_grad_norm: gradient clipping norm.
@@ -109,12 +137,12 @@ class SFTConfig:
         freeze_projector: keep the patch merger (vision -> text projector) frozen (idem).
     """
 
-    epochs: float = 1.0
+    num_train_epochs: float = 1.0
     max_steps: int | None = None
     learning_rate: float = 1e-5
     global_batch_size: int = 64
-    micro_batch_size: int = 8
-    lr_scheduler: str = "cosine"
+    per_device_train_batch_size: int = 8
+    lr_scheduler_type: str = "cosine"
     warmup_ratio: float = 0.03
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
@@ -122,9 +150,20 @@ class SFTConfig:
     freeze_vision_tower: bool = False
     freeze_projector: bool = False
 
+    def gradient_accumulation_steps(self, world_size: int = 1) -> int:
+        """Micro-batches per optimiser step on each of `world_size` processes; an error naming the
+        settings when the global batch does not split into whole micro-batches."""
+        per_pass = self.per_device_train_batch_size * world_size
+        if self.global_batch_size % per_pass:
+            raise ValueError(
+                f"sft.global_batch_size ({self.global_batch_size}) must be a multiple of "
+                f"sft.per_device_train_batch_size x processes ({self.per_device_train_batch_size} x {world_size})"
+            )
+        return self.global_batch_size // per_pass
+
 
 @dataclass
-class RewardConfig:
+class RewardMixConfig:
     """RAPO reward (Eq. 3-7, 13): a weighted sum of components; Table 2's rows are weight settings.
 
     Attributes:
@@ -154,23 +193,44 @@ class RAPOConfig:
     """Stage 2, Relative-Absolute Policy Optimization (Eq. 9-12, Appendix C).
 
     Batch sizes count completions (as in trl); each image contributes `num_generations` of them, so
-    they must be multiples of it.
+    they must be multiples of it. Names are those of trl's `GRPOConfig` where it has the setting.
+    Ours without a trl name, or with a different meaning:
+
+    =========================  ======================================================================
+    ours                       trl `GRPOConfig`
+    =========================  ======================================================================
+    mini_batch_size            per_device_train_batch_size x gradient_accumulation_steps x processes
+    steps_per_generation       same name, other unit: ours counts optimiser steps, trl's counts
+                               micro-batches (trl's = ours x gradient_accumulation_steps)
+    epsilon / epsilon_high     same; the loss (`aesr1.loss.RapoLossConfig`) calls them eps_low /
+                               eps_high, and trl's epsilon_high=None (= epsilon) has no equivalent
+    aggregation                loss_type: "seq-mean-token-mean" = "grpo", "token-mean" = "dapo",
+                               "seq-mean-token-sum-norm" = "dr_grpo"
+    rollout.backend            use_vllm (a switch between three backends here)
+    rollout.vllm_*             same names (vllm_mode, vllm_gpu_memory_utilization, ...)
+    kl_clamp, loss_backend,    none
+    fused_linear,
+    shuffle_mini_batches,
+    freeze_*
+    =========================  ======================================================================
 
     Attributes:
-        epochs: passes over the RAPO training images (Appendix C: 10). 0 skips the stage.
+        num_train_epochs: passes over the RAPO training images (Appendix C: 10). 0 skips the stage.
         max_steps: stop after this many optimiser steps (None = run all epochs).
         num_generations: K completions per image (Appendix C: 4).
         learning_rate: peak AdamW learning rate (Appendix C: 1e-6).
-        lr_scheduler: transformers scheduler name (Appendix C: linear decay).
+        lr_scheduler_type: transformers scheduler name (Appendix C: linear decay).
         warmup_steps: learning-rate warm-up steps.
         mini_batch_size: completions per optimiser step over all processes (Appendix C: 32).
         steps_per_generation: optimiser steps fed by one generation batch of
             `mini_batch_size * steps_per_generation` completions. Old log-probs come from the policy
             that generated them, so steps after the first are off-policy and the clip acts.
-        micro_batch_size: completions per forward pass per process.
-        max_completion_length: cap on sampled completion tokens (Appendix C: 1024).
+        per_device_train_batch_size: completions per forward pass per process.
+        max_completion_length: cap on sampled completion tokens (Appendix C: 1024); also Dr. GRPO's
+            normaliser for aggregation "seq-mean-token-sum-norm".
         temperature / top_p / top_k: rollout sampling; the loss uses the same temperature.
-        eps_low / eps_high: ratio clip range 1 - eps_low .. 1 + eps_high (DAPO clip-higher: 0.28).
+        epsilon / epsilon_high: ratio clip range 1 - epsilon .. 1 + epsilon_high (DAPO clip-higher:
+            0.28).
         beta: k3 KL coefficient against the frozen SFT checkpoint (Appendix C: 0.01).
         aggregation: loss aggregation of `aesr1.loss.rapo_loss` (Eq. 10: "seq-mean-token-mean").
         kl_clamp: verl-style clamps on the KL term.
@@ -181,45 +241,40 @@ class RAPOConfig:
             and the lm_head weight in chunks (`aesr1.loss.rapo_loss_from_hidden`), so no
             (B, T, vocabulary) logits tensor exists in the step; under ZeRO-3 the partitioned lm_head
             weight is gathered for those GEMMs. None (default) = on for CUDA, off on CPU.
-        freeze_vision_tower / freeze_projector: as in `SFTConfig`, for the RAPO stage.
-        rollout_backend: "engine" (the static-cache decode engine of `aesr1.rollout` on CUDA,
-            `generate` on CPU), "generate" (transformers `generate`) or "vllm" (trl's vLLM generation).
-        rollout_cuda_graphs: let the engine capture its decode steps as CUDA graphs.
-        vllm_mode: "colocate" (vLLM in this process) or "server" (a running `trl vllm-serve`).
-        vllm_gpu_memory_utilization: GPU memory share vLLM may take in colocate mode.
-        vllm_server_base_url: the server's URL in server mode.
+        freeze_vision_tower / freeze_projector: as in `SFTStageConfig`, for the RAPO stage.
+        rollout: which backend samples the rollouts and its settings (`aesr1.rollout.RolloutConfig`):
+            `backend` "engine" (the static-cache decode engine of `aesr1.rollout` on CUDA, `generate`
+            on CPU), "generate" (transformers `generate`) or "vllm" (trl's vLLM generation, with
+            `vllm_mode` "colocate" or "server" at `vllm_server_base_url`); `engine.cuda_graphs` lets
+            the engine capture its decode steps as CUDA graphs.
     """
 
-    epochs: float = 10.0
+    num_train_epochs: float = 10.0
     max_steps: int | None = None
     num_generations: int = 4
     learning_rate: float = 1e-6
-    lr_scheduler: str = "linear"
+    lr_scheduler_type: str = "linear"
     warmup_steps: int = 0
     mini_batch_size: int = 32
     steps_per_generation: int = 4
-    micro_batch_size: int = 8
+    per_device_train_batch_size: int = 8
     max_completion_length: int = 1024
-    temperature: float = 1.0
+    temperature: float = RapoLossConfig.temperature
     top_p: float = 1.0
     top_k: int = 0
-    eps_low: float = 0.2
-    eps_high: float = 0.28
-    beta: float = 0.01
-    aggregation: str = "seq-mean-token-mean"
-    kl_clamp: bool = False
-    loss_backend: str = "auto"
+    epsilon: float = RapoLossConfig.eps_low
+    epsilon_high: float = RapoLossConfig.eps_high
+    beta: float = RapoLossConfig.beta
+    aggregation: str = RapoLossConfig.aggregation
+    kl_clamp: bool = RapoLossConfig.kl_clamp
+    loss_backend: str = RapoLossConfig.backend
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     shuffle_mini_batches: bool = True
     fused_linear: bool | None = None
     freeze_vision_tower: bool = False
     freeze_projector: bool = False
-    rollout_backend: Literal["engine", "generate", "vllm"] = "engine"
-    rollout_cuda_graphs: bool = True
-    vllm_mode: Literal["colocate", "server"] = "colocate"
-    vllm_gpu_memory_utilization: float = 0.3
-    vllm_server_base_url: str | None = None
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
 
     @property
     def generation_batch_size(self) -> int:
@@ -230,21 +285,37 @@ class RAPOConfig:
     def images_per_generation(self) -> int:
         return self.generation_batch_size // self.num_generations
 
+    def loss_config(self) -> RapoLossConfig:
+        """The settings `aesr1.loss.rapo_loss` trains this stage with (every loss setting comes from
+        here; trl's `epsilon` / `epsilon_high` are the loss's `eps_low` / `eps_high`)."""
+        return RapoLossConfig(
+            eps_low=self.epsilon,
+            eps_high=self.epsilon_high,
+            beta=self.beta,
+            temperature=self.temperature,
+            aggregation=self.aggregation,
+            kl_clamp=self.kl_clamp,
+            max_completion_length=self.max_completion_length,
+            backend=self.loss_backend,
+        )
+
 
 @dataclass
-class EvalConfig:
-    """Held-out evaluation (PLCC / SRCC, paper §4.1).
+class HeldOutEvalConfig:
+    """Held-out evaluation during training (PLCC / SRCC, paper §4.1); the YAML section `eval`.
+    (`aesr1.eval.EvalConfig` configures the standalone `python -m aesr1.eval` instead.)
 
     Attributes:
-        interval: evaluate every this many RAPO optimiser steps (0 = only before and after stages).
-        num_samples: completions per image; the prediction is the mean of the parsed scores.
+        eval_steps: evaluate every this many RAPO optimiser steps (0 = only before and after stages).
+        num_samples: completions per image; the prediction is the mean of the parsed scores (trl's
+            `num_generations_eval`).
         temperature: 0 = greedy decoding, else sampling temperature.
-        batch_size: images per `generate` call.
+        batch_size: images per `generate` call (trl's `per_device_eval_batch_size` counts completions).
         max_completion_length: cap on evaluation completion tokens.
         evaluate_untrained: also evaluate the model before any training (the table's first row).
     """
 
-    interval: int = 50
+    eval_steps: int = 50
     num_samples: int = 1
     temperature: float = 0.0
     batch_size: int = 32
@@ -259,12 +330,12 @@ class TrainConfig:
     Attributes:
         output_dir: where checkpoints, logs (JSONL, TensorBoard), the table and plots go.
         seed: seeds data order, sampling and initialisation.
-        save_interval: RAPO checkpoint every this many optimiser steps (taken at the end of the
+        save_steps: RAPO checkpoint every this many optimiser steps (taken at the end of the
             generation round that crosses it); SFT checkpoints every this many SFT steps.
         save_total_limit: RAPO checkpoints kept (oldest deleted first).
-        log_interval: console/TensorBoard/JSONL logging every this many optimiser steps.
-        progress: show progress bars.
-        tensorboard: write TensorBoard event files.
+        logging_steps: console/TensorBoard/JSONL logging every this many optimiser steps.
+        progress: show progress bars (trl: `disable_tqdm`, inverted).
+        tensorboard: write TensorBoard event files (trl: `report_to`).
         deepspeed: DeepSpeed config for both stages when not launched by `accelerate launch` with
             one: a packaged name ("zero3", "zero3_offload", "zero2") or a JSON path. Batch sizes,
             gradient accumulation and clipping in it are filled from this config
@@ -273,34 +344,116 @@ class TrainConfig:
 
     output_dir: str = "runs/aesr1"
     seed: int = 0
-    save_interval: int = 100
+    save_steps: int = 100
     save_total_limit: int = 2
-    log_interval: int = 1
+    logging_steps: int = 1
     progress: bool = True
     tensorboard: bool = True
     deepspeed: str | None = None
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    sft: SFTConfig = field(default_factory=SFTConfig)
-    reward: RewardConfig = field(default_factory=RewardConfig)
+    sft: SFTStageConfig = field(default_factory=SFTStageConfig)
+    reward: RewardMixConfig = field(default_factory=RewardMixConfig)
     rapo: RAPOConfig = field(default_factory=RAPOConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    eval: HeldOutEvalConfig = field(default_factory=HeldOutEvalConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
+#: Class names of this module before they were made unique (`SFTConfig` is also trl's, `EvalConfig`
+#: also `aesr1.eval`'s, `RewardConfig` also trl's); importable with a DeprecationWarning until the
+#: next release.
+RENAMED_CLASSES = {
+    "SFTConfig": "SFTStageConfig",
+    "RewardConfig": "RewardMixConfig",
+    "EvalConfig": "HeldOutEvalConfig",
+}
+
+
+def __getattr__(name: str):
+    if name in RENAMED_CLASSES:
+        new = RENAMED_CLASSES[name]
+        warnings.warn(f"aesr1.train.config.{name} is deprecated: use {new}", DeprecationWarning, stacklevel=2)
+        return globals()[new]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+#: Keys of the previous release ("section.key") and where they are now: trl's names, and the rollout
+#: settings grouped under `rapo.rollout`. Read from YAML files, `--set` and saved run configurations
+#: (`config.json`, so that runs started before the rename resume) with a FutureWarning, until the
+#: next release.
+DEPRECATED_KEYS: dict[str, str] = {
+    "save_interval": "save_steps",
+    "log_interval": "logging_steps",
+    "sft.epochs": "sft.num_train_epochs",
+    "sft.micro_batch_size": "sft.per_device_train_batch_size",
+    "sft.lr_scheduler": "sft.lr_scheduler_type",
+    "rapo.epochs": "rapo.num_train_epochs",
+    "rapo.micro_batch_size": "rapo.per_device_train_batch_size",
+    "rapo.lr_scheduler": "rapo.lr_scheduler_type",
+    "rapo.eps_low": "rapo.epsilon",
+    "rapo.eps_high": "rapo.epsilon_high",
+    "rapo.rollout_backend": "rapo.rollout.backend",
+    "rapo.rollout_cuda_graphs": "rapo.rollout.engine.cuda_graphs",
+    "rapo.vllm_mode": "rapo.rollout.vllm_mode",
+    "rapo.vllm_gpu_memory_utilization": "rapo.rollout.vllm_gpu_memory_utilization",
+    "rapo.vllm_server_base_url": "rapo.rollout.vllm_server_base_url",
+    "eval.interval": "eval.eval_steps",
+}
+
+
+def rename_deprecated_keys(values: dict[str, Any], *, source: str = "", warn: bool = True) -> dict[str, Any]:
+    """A copy of the nested mapping `values` with each key of `DEPRECATED_KEYS` moved to its current
+    place (a FutureWarning each, naming `source` when given). An old key given together with its
+    new one is an error."""
+    out = copy.deepcopy(values)
+    where = f"{source}: " if source else ""
+    for old, new in DEPRECATED_KEYS.items():
+        *old_path, old_name = old.split(".")
+        parent = _node(out, old_path)
+        if parent is None or old_name not in parent:
+            continue
+        *new_path, new_name = new.split(".")
+        target = _node(out, new_path, create=True)
+        if target is None:
+            continue  # a section set to a non-mapping: `_build` names it
+        if new_name in target:
+            raise ValueError(
+                f"{where}config keys {old!r} and {new!r} are the same setting: keep only {new!r}"
+            )
+        target[new_name] = parent.pop(old_name)
+        if warn:
+            warnings.warn(
+                f"{where}config key {old!r} is deprecated and read as {new!r}; the old name will be "
+                "removed in the next release",
+                FutureWarning,
+                stacklevel=2,
+            )
+    return out
+
+
+def saved_config_values(values: dict[str, Any]) -> dict[str, Any]:
+    """A run configuration saved by this or an earlier release (`config.json`) in today's keys:
+    deprecated keys renamed without a warning (the user did not write them), and settings added
+    since at their defaults (a setting is only added with a default that keeps what runs did)."""
+    return _merge(TrainConfig().to_dict(), rename_deprecated_keys(values, warn=False))
+
+
+def _node(values: dict[str, Any], path: list[str], *, create: bool = False) -> dict[str, Any] | None:
+    """The mapping at `path` inside `values` (None where a step is missing or not a mapping)."""
+    node: Any = values
+    for part in path:
+        if create and part not in node:
+            node[part] = {}
+        node = node.get(part)
+        if not isinstance(node, dict):
+            return None
+    return node
+
+
 # ---------------------------------------------------------------------------------------------------
 # Strict construction from mappings / YAML.
-
-_SECTIONS = {
-    "model": ModelConfig,
-    "data": DataConfig,
-    "sft": SFTConfig,
-    "reward": RewardConfig,
-    "rapo": RAPOConfig,
-    "eval": EvalConfig,
-}
 
 
 def _coerce(path: str, value: Any, annotation: Any) -> Any:
@@ -335,6 +488,10 @@ def _coerce(path: str, value: Any, annotation: Any) -> Any:
         if not isinstance(value, str):
             raise TypeError(f"config key {path!r}: expected a string, got {value!r}")
         return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise TypeError(f"config key {path!r}: expected a mapping, got {value!r}")
+        return value
     return value
 
 
@@ -351,16 +508,26 @@ def _build(cls, values: dict[str, Any], prefix: str):
             raise ValueError(
                 f"unknown config key {prefix + key!r}; valid keys here: {', '.join(sorted(names))}"
             )
-        if key in _SECTIONS and cls is TrainConfig:
-            kwargs[key] = _build(_SECTIONS[key], value, f"{key}.")
+        if dataclasses.is_dataclass(hints[key]):
+            kwargs[key] = _build(hints[key], value, f"{prefix}{key}.")
         else:
             kwargs[key] = _coerce(prefix + key, value, hints[key])
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as error:
+        # A section that checks itself (`__post_init__`, e.g. `rapo.rollout`) is named here; a
+        # number outside its range gets the message every other number gets.
+        for key, value in kwargs.items():
+            if prefix + key in NUMERIC_RANGES:
+                _check_range(prefix + key, value)
+        raise ValueError(f"{prefix.rstrip('.')}: {error}") from None
 
 
 def config_from_dict(values: dict[str, Any], base: TrainConfig | None = None) -> TrainConfig:
-    """A `TrainConfig` from a nested mapping; keys absent from `values` keep `base`'s values."""
-    merged = _merge(base.to_dict() if base is not None else {}, values or {})
+    """A `TrainConfig` from a nested mapping; keys absent from `values` keep `base`'s values.
+    Deprecated keys (`DEPRECATED_KEYS`) are read under their new names."""
+    current = rename_deprecated_keys(values or {})
+    merged = _merge(base.to_dict() if base is not None else {}, current)
     config = _build(TrainConfig, merged, "")
     validate_config(config)
     return config
@@ -392,6 +559,8 @@ def read_config_values(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[s
         raise ValueError(f"config file {str(path)!r} is not UTF-8 text: {error}") from None
     if not isinstance(values, dict):
         raise ValueError(f"config file {str(path)!r} must hold a mapping at the top level")
+    # Renamed before merging, so that a file's old key overrides its base's new one.
+    values = rename_deprecated_keys(values, source=str(path))
     parent = values.pop("base", None)
     if parent is not None:
         if not isinstance(parent, str):
@@ -468,9 +637,9 @@ def set_override(values: dict[str, Any], assignment: str) -> None:
 #: this table a NaN learning rate trains for minutes before the loss turns NaN.
 NUMERIC_RANGES: dict[str, str] = {
     "seed": ">= 0",
-    "save_interval": ">= 1",
+    "save_steps": ">= 1",
     "save_total_limit": ">= 1",  # 0 would keep every checkpoint, a negative one delete the newest
-    "log_interval": ">= 1",
+    "logging_steps": ">= 1",
     "model.tiny_seed": ">= 0",
     "model.tiny_vocab_size": ">= 1",
     "model.tiny_hidden_size": ">= 16",
@@ -483,11 +652,11 @@ NUMERIC_RANGES: dict[str, str] = {
     "data.max_train_images": ">= 1",
     "data.max_eval_images": ">= 2",  # correlations need two held-out images
     "data.cold_start_per_bin": ">= 1",
-    "sft.epochs": ">= 0",
-    "sft.max_steps": ">= 1",  # transformers reads max_steps 0 as "no cap": use sft.epochs 0 to skip
+    "sft.num_train_epochs": ">= 0",
+    "sft.max_steps": ">= 1",  # transformers reads max_steps 0 as "no cap": sft.num_train_epochs 0 skips
     "sft.learning_rate": ">= 0",
     "sft.global_batch_size": ">= 1",
-    "sft.micro_batch_size": ">= 1",
+    "sft.per_device_train_batch_size": ">= 1",
     "sft.warmup_ratio": "[0, 1]",
     "sft.weight_decay": ">= 0",
     "sft.max_grad_norm": "> 0",
@@ -498,25 +667,29 @@ NUMERIC_RANGES: dict[str, str] = {
     "reward.format": ">= 0",
     "reward.sigma": "> 0",
     "reward.binary_threshold": "> 0",
-    "rapo.epochs": ">= 0",
+    "rapo.num_train_epochs": ">= 0",
     "rapo.max_steps": ">= 0",
     "rapo.num_generations": ">= 1",
     "rapo.learning_rate": ">= 0",
     "rapo.warmup_steps": ">= 0",
     "rapo.mini_batch_size": ">= 1",
     "rapo.steps_per_generation": ">= 1",
-    "rapo.micro_batch_size": ">= 1",
+    "rapo.per_device_train_batch_size": ">= 1",
     "rapo.max_completion_length": ">= 1",
     "rapo.temperature": "> 0",
     "rapo.top_p": "(0, 1]",
     "rapo.top_k": ">= 0",
-    "rapo.eps_low": "[0, 1)",
-    "rapo.eps_high": ">= 0",
+    "rapo.epsilon": "[0, 1)",
+    "rapo.epsilon_high": ">= 0",
     "rapo.beta": ">= 0",
     "rapo.weight_decay": ">= 0",
     "rapo.max_grad_norm": "> 0",  # clipping to norm 0 zeroes every update
-    "rapo.vllm_gpu_memory_utilization": "(0, 1]",
-    "eval.interval": ">= 0",
+    "rapo.rollout.vllm_gpu_memory_utilization": "(0, 1]",
+    "rapo.rollout.engine.warmup_steps": ">= 1",
+    "rapo.rollout.engine.kv_block": ">= 1",
+    "rapo.rollout.engine.check_every": ">= 1",
+    "rapo.rollout.engine.min_bucket": ">= 1",
+    "eval.eval_steps": ">= 0",
     "eval.num_samples": ">= 1",
     "eval.temperature": ">= 0",
     "eval.batch_size": ">= 1",
@@ -538,58 +711,52 @@ def _in_range(value: float, allowed: str) -> bool:
 def numeric_settings(config: TrainConfig) -> dict[str, Any]:
     """Every int/float setting of `config` by "section.key" (None where an optional one is unset)."""
     found: dict[str, Any] = {}
-    for prefix, obj in [("", config), *((f"{name}.", getattr(config, name)) for name in _SECTIONS)]:
+
+    def visit(obj: Any, prefix: str) -> None:
         hints = typing.get_type_hints(type(obj))
         for item in dataclasses.fields(obj):
+            value = getattr(obj, item.name)
+            if dataclasses.is_dataclass(value):
+                visit(value, f"{prefix}{item.name}.")
+                continue
             kinds = {hints[item.name], *typing.get_args(hints[item.name])} - {type(None)}
             if kinds & {int, float} and not kinds & {bool}:
-                found[prefix + item.name] = getattr(obj, item.name)
+                found[prefix + item.name] = value
+
+    visit(config, "")
     return found
 
 
-def _check_ranges(config: TrainConfig) -> None:
-    for key, value in numeric_settings(config).items():
-        if value is None:
-            continue
-        allowed = NUMERIC_RANGES[key]
-        try:
-            number = float(value)
-        except OverflowError:  # an integer beyond float range
-            number = math.inf
-        if not math.isfinite(number):
-            raise ValueError(f"{key} must be a finite number ({allowed}), got {value!r}")
-        if not _in_range(number, allowed):
-            what = f"lie in {allowed}" if allowed[0] in "[(" else f"be {allowed}"
-            raise ValueError(f"{key} must {what}, got {value!r}")
+def _check_range(key: str, value: Any) -> None:
+    if value is None:
+        return
+    allowed = NUMERIC_RANGES[key]
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond float range
+        number = math.inf
+    if not math.isfinite(number):
+        raise ValueError(f"{key} must be a finite number ({allowed}), got {value!r}")
+    if not _in_range(number, allowed):
+        what = f"lie in {allowed}" if allowed[0] in "[(" else f"be {allowed}"
+        raise ValueError(f"{key} must {what}, got {value!r}")
 
 
-def validate_config(config: TrainConfig) -> None:
+def validate_config(config: TrainConfig, world_size: int = 1) -> None:
     """Cheap checks that must fail before any heavy work, each naming the setting to fix: the range
-    of every number (`NUMERIC_RANGES`), then choices and the relations between settings."""
-    _check_ranges(config)
+    of every number (`NUMERIC_RANGES`), then choices and the relations between settings, batch
+    sizes for `world_size` processes included (`validate_world_size`)."""
+    for key, value in numeric_settings(config).items():
+        _check_range(key, value)
     rapo, sft, reward = config.rapo, config.sft, config.reward
-    k = rapo.num_generations
-    if rapo.mini_batch_size % k:
-        raise ValueError(
-            f"rapo.mini_batch_size ({rapo.mini_batch_size}) must be a positive multiple of "
-            f"rapo.num_generations ({k}): a batch holds whole groups of K completions"
-        )
-    from aesr1.loss import AGGREGATIONS
-
+    validate_world_size(config, world_size)
     if rapo.aggregation not in AGGREGATIONS:
         raise ValueError(f"rapo.aggregation must be one of {list(AGGREGATIONS)}, got {rapo.aggregation!r}")
-    if rapo.loss_backend not in ("auto", "triton", "torch"):
-        raise ValueError(f"rapo.loss_backend must be auto, triton or torch, got {rapo.loss_backend!r}")
+    if rapo.loss_backend not in BACKENDS:
+        raise ValueError(f"rapo.loss_backend must be one of {list(BACKENDS)}, got {rapo.loss_backend!r}")
     weights = {"rank": reward.rank, "abs": reward.abs, "binary": reward.binary, "format": reward.format}
     if not any(w > 0 for w in weights.values()):
         raise ValueError(f"reward weights must be >= 0 with at least one > 0, got {weights}")
-    if rapo.rollout_backend == "vllm" and rapo.vllm_mode == "server" and not rapo.vllm_server_base_url:
-        raise ValueError("rapo.rollout_backend=vllm with vllm_mode=server needs rapo.vllm_server_base_url")
-    if sft.global_batch_size % sft.micro_batch_size:
-        raise ValueError(
-            f"sft.global_batch_size ({sft.global_batch_size}) must be a multiple of "
-            f"sft.micro_batch_size ({sft.micro_batch_size}) times the number of processes"
-        )
     if config.model.tiny_hidden_size % 16:
         raise ValueError(
             f"model.tiny_hidden_size must be a multiple of 16 (the tiny model's head size), "
@@ -602,7 +769,10 @@ def validate_config(config: TrainConfig) -> None:
     from transformers.trainer_utils import SchedulerType
 
     schedulers = [kind.value for kind in SchedulerType]
-    for key, name in (("sft.lr_scheduler", sft.lr_scheduler), ("rapo.lr_scheduler", rapo.lr_scheduler)):
+    for key, name in (
+        ("sft.lr_scheduler_type", sft.lr_scheduler_type),
+        ("rapo.lr_scheduler_type", rapo.lr_scheduler_type),
+    ):
         if name not in schedulers:
             raise ValueError(
                 f"{key} must be a transformers scheduler ({', '.join(schedulers)}), got {name!r}"
@@ -610,25 +780,22 @@ def validate_config(config: TrainConfig) -> None:
 
 
 def validate_world_size(config: TrainConfig, world_size: int) -> None:
-    """Batch divisibility over processes: a group of K completions never spans two processes."""
+    """Batch divisibility over processes: a group of K completions never spans two processes, and
+    the SFT global batch splits into whole micro-batches."""
     rapo, k = config.rapo, config.rapo.num_generations
     if rapo.mini_batch_size % (k * world_size):
         raise ValueError(
-            f"rapo.mini_batch_size ({rapo.mini_batch_size}) must be a multiple of num_generations x processes "
-            f"({k} x {world_size}) so that every process holds whole groups"
+            f"rapo.mini_batch_size ({rapo.mini_batch_size}) must be a multiple of rapo.num_generations x "
+            f"processes ({k} x {world_size}) so that every process holds whole groups of K completions"
         )
-    if config.sft.global_batch_size % (config.sft.micro_batch_size * world_size):
-        raise ValueError(
-            f"sft.global_batch_size ({config.sft.global_batch_size}) must be a multiple of "
-            f"sft.micro_batch_size x processes ({config.sft.micro_batch_size} x {world_size})"
-        )
+    config.sft.gradient_accumulation_steps(world_size)
 
 
 def embedded_default() -> TrainConfig:
     """The CPU configuration `python -m aesr1.train` runs with no arguments (see each override)."""
     return TrainConfig(
         output_dir="runs/aesr1-embedded",
-        save_interval=100,
+        save_steps=100,
         model=ModelConfig(
             # No download: the tiny Qwen2.5-VL of aesr1.modeling.tiny, float32 on CPU. Width 128
             # learns the image -> score mapping in about half the SFT steps of width 64 (measured).
@@ -647,34 +814,34 @@ def embedded_default() -> TrainConfig:
             # Balanced bins as in AesCoT (Appendix E.2), sized to the synthetic training split.
             cold_start_per_bin=700,
         ),
-        sft=SFTConfig(
+        sft=SFTStageConfig(
             # Random initial weights: the cold start must also teach the language and the format,
             # which one epoch at 1e-5 (tuned for a pretrained 7B model) cannot do. Three epochs is
             # "moderate" SFT in the sense of Table 3: format and critiques are learned, sampling
             # at temperature 1 still derails often, which RAPO then fixes.
-            epochs=3.0,
+            num_train_epochs=3.0,
             learning_rate=2e-3,
-            lr_scheduler="linear",
+            lr_scheduler_type="linear",
             global_batch_size=32,
-            micro_batch_size=32,
+            per_device_train_batch_size=32,
             warmup_ratio=0.05,
             max_completion_length=64,
         ),
         rapo=RAPOConfig(
             # ~350 optimiser steps fit the time budget (a fraction of the 10 epochs); 1e-4 moves a
             # tiny model measurably while keeping the KL to the SFT checkpoint around 0.1.
-            epochs=10.0,
+            num_train_epochs=10.0,
             max_steps=350,
             learning_rate=1e-4,
             mini_batch_size=32,
             steps_per_generation=2,
-            micro_batch_size=64,
+            per_device_train_batch_size=64,
             # Template critiques are ~40 tokens; longer samples have derailed anyway.
             max_completion_length=64,
         ),
         # The policy RAPO trains is sampled at temperature 1; each prediction is the mean of 4
         # samples, the same estimate (mu_i) the rank reward of Eq. 3 uses.
-        eval=EvalConfig(
-            interval=100, num_samples=4, temperature=1.0, batch_size=150, max_completion_length=64
+        eval=HeldOutEvalConfig(
+            eval_steps=100, num_samples=4, temperature=1.0, batch_size=150, max_completion_length=64
         ),
     )

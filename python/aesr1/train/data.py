@@ -20,10 +20,10 @@ def check_data_spec(config: TrainConfig) -> None:
     if config.data.cold_start is not None:
         if not Path(config.data.cold_start).is_file():
             raise FileNotFoundError(f"data.cold_start: no such file {config.data.cold_start!r}")
-    elif config.sft.epochs > 0 and any(spec.name != "synthetic" for spec in specs):
+    elif config.sft.num_train_epochs > 0 and any(spec.name != "synthetic" for spec in specs):
         raise ValueError(
             "data.cold_start is required for real datasets: build AesCoT data first "
-            "(python -m aesr1.aescot build ...) and pass --cold-start <jsonl>, or set sft.epochs: 0"
+            "(python -m aesr1.aescot build ...) and pass --cold-start <jsonl>, or set sft.num_train_epochs: 0"
         )
 
 

@@ -158,7 +158,7 @@ def stage_deepspeed_config(config: TrainConfig) -> dict[str, Any] | None:
 def rapo_accumulation_steps(config: TrainConfig, world_size: int) -> int:
     """Micro-batches per RAPO optimiser step on each process."""
     rapo = config.rapo
-    return max(1, math.ceil(rapo.mini_batch_size // world_size / rapo.micro_batch_size))
+    return max(1, math.ceil(rapo.mini_batch_size // world_size / rapo.per_device_train_batch_size))
 
 
 def make_rapo_accelerator(config: TrainConfig, model=None):
@@ -174,7 +174,7 @@ def make_rapo_accelerator(config: TrainConfig, model=None):
     accumulation = rapo_accumulation_steps(config, world)
     filled = deepspeed_config(
         values,
-        micro_batch_size=config.rapo.micro_batch_size,
+        micro_batch_size=config.rapo.per_device_train_batch_size,
         accumulation_steps=accumulation,
         world_size=world,
         max_grad_norm=config.rapo.max_grad_norm,

@@ -16,7 +16,7 @@ import numpy as np
 
 from aesr1.data.records import ScoredImage
 from aesr1.eval.aggregate import mean_scores, parsed_scores
-from aesr1.train.config import EvalConfig
+from aesr1.train.config import HeldOutEvalConfig
 
 
 @dataclass
@@ -64,7 +64,7 @@ def evaluate_policy(
     model,
     processor,
     items: Sequence[ScoredImage],
-    config: EvalConfig,
+    config: HeldOutEvalConfig,
     *,
     accelerator=None,
     seed: int = 0,

@@ -96,9 +96,13 @@ def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def config_differences(saved: dict[str, Any], current: TrainConfig) -> list[str]:
-    """`key: saved -> current` for every setting (outside `RESUME_FREE_KEYS`) that differs."""
+    """`key: saved -> current` for every setting (outside `RESUME_FREE_KEYS`) that differs. A run
+    saved before a key was renamed or added compares under today's keys
+    (`aesr1.train.config.saved_config_values`)."""
+    from aesr1.train.config import saved_config_values
+
     absent = "<absent>"
-    old = _flatten(saved)
+    old = _flatten(json.loads(json.dumps(saved_config_values(saved))))
     new = _flatten(json.loads(json.dumps(current.to_dict())))  # the JSON forms of both
     return [
         f"{key}: {old.get(key, absent)!r} -> {new.get(key, absent)!r}"
@@ -110,12 +114,12 @@ def config_differences(saved: dict[str, Any], current: TrainConfig) -> list[str]
 def saved_run_config(config: TrainConfig) -> TrainConfig | None:
     """The configuration `config.output_dir` was started with (None if it holds none), keeping this
     invocation's `RESUME_FREE_KEYS`."""
-    from aesr1.train.config import config_from_dict
+    from aesr1.train.config import config_from_dict, saved_config_values
 
     path = Path(config.output_dir) / "config.json"
     if not path.is_file():
         return None
-    values = json.loads(path.read_text())
+    values = saved_config_values(json.loads(path.read_text()))
     values.update({key: getattr(config, key) for key in RESUME_FREE_KEYS})
     return config_from_dict(values)
 
@@ -171,16 +175,16 @@ def check_output_dir(
                 "resume with the same settings, or pass --overwrite to start afresh"
             )
     sft_final = out / "sft" / "final"
-    rapo_runs = "rapo" in stages and config.rapo.epochs > 0 and config.rapo.max_steps != 0
+    rapo_runs = "rapo" in stages and config.rapo.num_train_epochs > 0 and config.rapo.max_steps != 0
     if (
         rapo_runs
         and "sft" not in stages
-        and config.sft.epochs > 0
+        and config.sft.num_train_epochs > 0
         and (overwrite or not is_complete(sft_final))
     ):
         raise ValueError(
             f"--stages rapo: RAPO starts from the SFT model, and {str(sft_final)!r} holds no finished one; "
-            "run the sft stage first (add it to --stages), or set sft.epochs=0 to start RAPO from the base model"
+            "run the sft stage first (add it to --stages), or set sft.num_train_epochs=0 to start RAPO from the base model"
         )
 
 
@@ -373,7 +377,7 @@ def run_pipeline(
         train, test = load_items(config, out)
         rows = (
             cold_start_records(config, train, out, is_main=state.is_main_process)
-            if config.sft.epochs > 0 and "sft" in stages
+            if config.sft.num_train_epochs > 0 and "sft" in stages
             else []
         )
     if state.is_main_process:
@@ -405,7 +409,7 @@ def run_pipeline(
 
     sft_final = out / "sft" / "final"
     policy_source = Path(config.model.name_or_path) if config.model.name_or_path else initial_dir
-    if "sft" in stages and config.sft.epochs > 0 and not (resume and is_complete(sft_final)):
+    if "sft" in stages and config.sft.num_train_epochs > 0 and not (resume and is_complete(sft_final)):
         results.drop("sft", "rapo")
         trainer = run_sft(config, model, processor, rows, out / "sft", resume=resume)
         release_trainer(trainer)
@@ -413,7 +417,7 @@ def run_pipeline(
     state.wait_for_everyone()  # the main process writes sft/final
     # RAPO after SFT starts from (and is anchored to) the SFT model, also when SFT ran earlier
     # (`--stages rapo` on a directory holding it; `check_output_dir` refuses when it is missing).
-    if config.sft.epochs > 0 and is_complete(sft_final):
+    if config.sft.num_train_epochs > 0 and is_complete(sft_final):
         del model
         model, processor = load(config, sft_final)
         if "sft" not in results.rows:
@@ -421,7 +425,7 @@ def run_pipeline(
         policy_source = sft_final
 
     rapo_final = out / "rapo" / "final"
-    if "rapo" in stages and (config.rapo.epochs > 0) and config.rapo.max_steps != 0:
+    if "rapo" in stages and (config.rapo.num_train_epochs > 0) and config.rapo.max_steps != 0:
         if not (resume and is_complete(rapo_final)):
             results.drop("rapo")
             ref_model = None

@@ -16,7 +16,7 @@ One *generation round*:
    accumulation and several processes give the gradient of one big batch. Entropy, KL and clip
    fractions come from that same loss pass.
 
-Rollouts come from `rapo.rollout_backend` (`aesr1.rollout.make_rollout_fn`): the static-cache decode
+Rollouts come from `rapo.rollout.backend` (`aesr1.rollout.make_rollout_fn`): the static-cache decode
 engine on CUDA (plain `generate` on CPU), `generate`, or vLLM. Under DeepSpeed
 (`aesr1.train.distributed`), ZeRO-3 parameters are gathered for generation and evaluation, and the
 loop marks the last micro-batch of each optimiser step as DeepSpeed's accumulation boundary.
@@ -159,7 +159,7 @@ class RAPOTrainer:
         train_items: the training images.
         output_dir: checkpoints go to `<output_dir>/checkpoint-<step>`, logs beside them.
         accelerator: an `accelerate.Accelerator` (one is made when None).
-        evaluate_fn: `f(model, step) -> dict` called at `eval.interval` (held-out PLCC/SRCC).
+        evaluate_fn: `f(model, step) -> dict` called every `eval.eval_steps` (held-out PLCC/SRCC).
     """
 
     def __init__(
@@ -195,7 +195,7 @@ class RAPOTrainer:
         self.position = DataPosition(len(self.train_items), config.seed)
 
         images_per_round = self.cfg.images_per_generation
-        rounds = math.ceil(self.cfg.epochs * len(self.train_items) / images_per_round)
+        rounds = math.ceil(self.cfg.num_train_epochs * len(self.train_items) / images_per_round)
         if self.cfg.max_steps is not None:
             rounds = min(rounds, math.ceil(self.cfg.max_steps / self.cfg.steps_per_generation))
         self.total_rounds = rounds
@@ -218,7 +218,7 @@ class RAPOTrainer:
             weight_decay=self.cfg.weight_decay,
         )
         scheduler = get_scheduler(
-            self.cfg.lr_scheduler, optimizer, num_warmup_steps=self.cfg.warmup_steps,
+            self.cfg.lr_scheduler_type, optimizer, num_warmup_steps=self.cfg.warmup_steps,
             num_training_steps=max(1, self.total_steps),
         )  # fmt: skip
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
@@ -253,15 +253,10 @@ class RAPOTrainer:
     # Rollouts
 
     def _make_rollout_fn(self):
-        from aesr1.rollout import EngineOptions, RolloutConfig, make_rollout_fn
+        from aesr1.rollout import make_rollout_fn
 
-        cfg = self.cfg
-        rollout = RolloutConfig(
-            rollout_backend=cfg.rollout_backend, engine=EngineOptions(cuda_graphs=cfg.rollout_cuda_graphs),
-            vllm_mode=cfg.vllm_mode, vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
-            vllm_server_base_url=cfg.vllm_server_base_url,
-        )  # fmt: skip
-        if cfg.rollout_backend != "vllm":
+        rollout = self.cfg.rollout
+        if rollout.backend != "vllm":
             return make_rollout_fn(rollout)
         return make_rollout_fn(
             rollout,
@@ -297,7 +292,7 @@ class RAPOTrainer:
         width = batch["completion_ids"].shape[1]
         out = torch.zeros(rows, width, dtype=torch.float32, device=self.accelerator.device)
         unwrapped = self._unwrapped(model)
-        for part in chunks(rows, self.cfg.micro_batch_size):
+        for part in chunks(rows, self.cfg.per_device_train_batch_size):
             sub = select_rows(batch, list(part))
             # autocast as accelerate's wrapped forward does, so both paths see the same precision
             with self.accelerator.autocast():
@@ -319,7 +314,7 @@ class RAPOTrainer:
         # Seeded per (run seed, round, process): a resumed run samples exactly what the killed one would have.
         seed = (self.config.seed * 1_000_003 + round_index) * 1009 + self.accelerator.process_index
         self.model.eval()
-        if cfg.rollout_backend == "vllm":  # vLLM holds its own copy of the weights (synced per call)
+        if cfg.rollout.backend == "vllm":  # vLLM holds its own copy of the weights (synced per call)
             rollout = self.rollout_fn(
                 self._unwrapped(self.model), self.processor, [i.image for i in items], sampling, seed=seed
             )
@@ -327,7 +322,7 @@ class RAPOTrainer:
             with (
                 unwrap_model_for_generation(self.model, self.accelerator) as unwrapped,
                 suppressed_tokens(unwrapped, self.processor),
-                engine_attention(unwrapped, cfg.rollout_backend),
+                engine_attention(unwrapped, cfg.rollout.backend),
             ):
                 rollout = self.rollout_fn(
                     unwrapped, self.processor, [i.image for i in items], sampling, seed=seed
@@ -388,7 +383,7 @@ class RAPOTrainer:
         # DDP averages gradients over processes: per-process normalisers are global / world.
         num_sequences = float(len(rows))
         num_tokens = global_tokens / acc.num_processes
-        parts = chunks(len(rows), cfg.micro_batch_size)
+        parts = chunks(len(rows), cfg.per_device_train_batch_size)
         device = acc.device
         # loss, the token-weighted metrics, tokens: summed over micro-batches on the device
         weighted_names = ("kl", "clip_frac_low", "clip_frac_high", "entropy", "ratio_mean")
@@ -397,7 +392,7 @@ class RAPOTrainer:
         checks: list = []
         unwrapped = self._unwrapped(self.model)
         loss_kwargs = dict(
-            eps_low=cfg.eps_low, eps_high=cfg.eps_high, beta=cfg.beta, temperature=cfg.temperature,
+            eps_low=cfg.epsilon, eps_high=cfg.epsilon_high, beta=cfg.beta, temperature=cfg.temperature,
             aggregation=cfg.aggregation, kl_clamp=cfg.kl_clamp, num_sequences=num_sequences,
             num_tokens=num_tokens, max_completion_length=cfg.max_completion_length, backend=cfg.loss_backend,
             deferred_checks=checks,
@@ -524,8 +519,8 @@ class RAPOTrainer:
             bar = tqdm(total=self.total_steps, initial=self.position.step, desc="RAPO", unit="step",
                        dynamic_ncols=True, mininterval=0.2 if sys.stderr.isatty() else 30)  # fmt: skip
         last: dict[str, Any] = {}
-        next_eval = self._next_multiple(self.position.step, self.config.eval.interval)
-        next_save = self._next_multiple(self.position.step, self.config.save_interval)
+        next_eval = self._next_multiple(self.position.step, self.config.eval.eval_steps)
+        next_save = self._next_multiple(self.position.step, self.config.save_steps)
         while self.position.round < self.total_rounds:
             round_index = self.position.round
             data = self.generate_round(round_index)
@@ -537,7 +532,7 @@ class RAPOTrainer:
                 metrics["lr"] = self.scheduler.get_last_lr()[0]
                 metrics["round"] = round_index
                 metrics["epoch"] = self.position.epoch + self.position.index / len(self.train_items)
-                if self.position.step % self.config.log_interval == 0:
+                if self.position.step % self.config.logging_steps == 0:
                     self.logger.log(self.position.step, metrics)
                 last = metrics
                 if bar is not None:
@@ -548,10 +543,10 @@ class RAPOTrainer:
             if self.evaluate_fn is not None and next_eval is not None and self.position.step >= next_eval:
                 result = self._evaluate()
                 self.logger.log(self.position.step, {f"eval/{k}": v for k, v in result.items()})
-                next_eval = self._next_multiple(self.position.step, self.config.eval.interval)
+                next_eval = self._next_multiple(self.position.step, self.config.eval.eval_steps)
             if self.position.step >= next_save and self.position.round < self.total_rounds:
                 self.save_checkpoint()
-                next_save = self._next_multiple(self.position.step, self.config.save_interval)
+                next_save = self._next_multiple(self.position.step, self.config.save_steps)
         if bar is not None:
             bar.close()
         self.logger.flush()

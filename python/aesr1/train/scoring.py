@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from aesr1.train.config import RewardConfig
+from aesr1.train.config import RewardMixConfig
 
 COMPONENTS = ("rank", "abs", "binary", "format")
 
@@ -38,11 +38,11 @@ class ScoredRollouts:
     stats: dict[str, float]
 
 
-def reward_weights(config: RewardConfig) -> dict[str, float]:
+def reward_weights(config: RewardMixConfig) -> dict[str, float]:
     return {"rank": config.rank, "abs": config.abs, "binary": config.binary, "format": config.format}
 
 
-def rapo_rewards(texts: Sequence[str], gt: np.ndarray, num_generations: int, config: RewardConfig):
+def rapo_rewards(texts: Sequence[str], gt: np.ndarray, num_generations: int, config: RewardMixConfig):
     """One `aesr1.rewards.rapo` call on N images x K completions (`texts` image-major, `gt` per image)."""
     from aesr1 import rewards
 
@@ -81,7 +81,7 @@ def score_rollouts(
     texts: Sequence[str],
     gt: Sequence[float],
     num_generations: int,
-    config: RewardConfig,
+    config: RewardMixConfig,
     accelerator=None,
 ) -> ScoredRollouts:
     """Rewards for this process's `texts` (K per image, image-major) with ground truths `gt` per image.

@@ -182,7 +182,8 @@ def resumable_trainer_class():
 def sft_steps(config: TrainConfig, num_rows: int) -> int:
     """Optimiser steps of the SFT stage (as transformers counts them)."""
     sft = config.sft
-    steps = math.ceil(num_rows / sft.global_batch_size * sft.epochs) if sft.epochs > 0 else 0
+    epochs = sft.num_train_epochs
+    steps = math.ceil(num_rows / sft.global_batch_size * epochs) if epochs > 0 else 0
     return steps if sft.max_steps is None else min(steps, sft.max_steps)
 
 
@@ -217,39 +218,33 @@ def run_sft(
     `callbacks`: extra `transformers.TrainerCallback`s (e.g. a step timer) after the JSONL logger.
     """
     from datasets import Dataset
-    from trl import SFTConfig as TrlSFTConfig
+    from trl import SFTConfig
 
     from aesr1.modeling.freeze import freeze_vision
     from aesr1.train.distributed import sft_deepspeed_config
 
     sft = config.sft
     output_dir = Path(output_dir)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    accumulation = sft.global_batch_size // (sft.micro_batch_size * world)
-    if accumulation < 1 or sft.global_batch_size % (sft.micro_batch_size * world):
-        raise ValueError(
-            f"sft.global_batch_size ({sft.global_batch_size}) must be a multiple of sft.micro_batch_size x "
-            f"processes ({sft.micro_batch_size} x {world})"
-        )
+    accumulation = sft.gradient_accumulation_steps(int(os.environ.get("WORLD_SIZE", "1")))
     total_steps = sft_steps(config, len(rows))
     on_gpu = torch.cuda.is_available()
     dtype = config.model.dtype
-    args = TrlSFTConfig(
+    args = SFTConfig(
         output_dir=str(output_dir),
         seed=config.seed,
         data_seed=config.seed,
-        per_device_train_batch_size=sft.micro_batch_size,
+        per_device_train_batch_size=sft.per_device_train_batch_size,
         gradient_accumulation_steps=accumulation,
-        num_train_epochs=sft.epochs,
+        num_train_epochs=sft.num_train_epochs,
         max_steps=sft.max_steps if sft.max_steps is not None else -1,
         learning_rate=sft.learning_rate,
-        lr_scheduler_type=sft.lr_scheduler,
+        lr_scheduler_type=sft.lr_scheduler_type,
         warmup_steps=int(round(sft.warmup_ratio * total_steps)),
         weight_decay=sft.weight_decay,
         max_grad_norm=sft.max_grad_norm,
-        logging_steps=config.log_interval,
+        logging_steps=config.logging_steps,
         save_strategy="steps",
-        save_steps=config.save_interval,
+        save_steps=config.save_steps,
         save_total_limit=None,  # ResumableSFTTrainer rotates complete checkpoints only
         report_to=["tensorboard"] if config.tensorboard else [],
         use_cpu=not on_gpu,
