@@ -446,7 +446,7 @@ def test_train_cli_os_errors_are_one_line(tmp_path, capsys, monkeypatch):
 
     (tmp_path / "file").write_text("a regular file")
     output = tmp_path / "file" / "run"
-    assert main(["--data", "synthetic", "--output-dir", str(output), "--set", "sft.epochs=0"]) == 1
+    assert main(["--data", "synthetic", "--output-dir", str(output), "--set", "sft.num_train_epochs=0"]) == 1
     assert capsys.readouterr().err.strip().splitlines()[-1] == f"error: {output}: Not a directory"
 
     def full_disk(*args, **kwargs):
@@ -454,7 +454,7 @@ def test_train_cli_os_errors_are_one_line(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(aesr1.train.pipeline, "run_pipeline", full_disk)
     output = tmp_path / "run"
-    assert main(["--data", "synthetic", "--output-dir", str(output), "--set", "sft.epochs=0"]) == 1
+    assert main(["--data", "synthetic", "--output-dir", str(output), "--set", "sft.num_train_epochs=0"]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err == f"error: No space left on device (output folder {output})"
 
