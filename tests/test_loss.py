@@ -289,16 +289,23 @@ def test_no_grad_and_frozen_logits_leave_the_logits_alone(device, backend):
     assert torch.equal(logits.detach(), before)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])  # fp16: made by the backward
 @pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
-def test_second_backward_is_refused(device, backend):
+def test_second_backward_is_refused(device, backend, dtype):
     require_backend(device, backend)
-    batch = make_batch(2, 3, 37, device=device, seed=1)
+    batch = make_batch(2, 3, 37, device=device, seed=1, dtype=dtype)
+    args = (batch["ids"], batch["old"], batch["ref"], batch["adv"], batch["mask"])
     logits = batch["logits"].clone().requires_grad_()
-    loss, _ = rapo_loss(
-        logits, batch["ids"], batch["old"], batch["ref"], batch["adv"], batch["mask"], backend=backend
-    )
+    loss, _ = rapo_loss(logits, *args, backend=backend)
     loss.backward(retain_graph=True)
-    with pytest.raises(RuntimeError, match="only once"):
+    with pytest.raises(RuntimeError, match="rapo_loss computes its gradients in the forward; .* only once"):
+        loss.backward()
+    hidden = torch.randn(2, 3, 8, device=device).to(dtype).requires_grad_()
+    weight = torch.randn(37, 8, device=device).to(dtype).requires_grad_()
+    loss, _ = rapo_loss_from_hidden(hidden, weight, *args, backend=backend)
+    loss.backward(retain_graph=True)
+    assert hidden.grad is not None and weight.grad is not None
+    with pytest.raises(RuntimeError, match="rapo_loss_from_hidden computes its gradients .* only once"):
         loss.backward()
 
 

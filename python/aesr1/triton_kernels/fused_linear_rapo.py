@@ -31,7 +31,7 @@ import functools
 
 import torch
 
-from .rapo_loss import RapoHyperparams, rapo_token_forward, scale_grad_, weighted_token_loss
+from .rapo_loss import ForwardGradients, RapoHyperparams, rapo_token_forward, weighted_token_loss
 
 __all__ = ["FusedLinearRapoFunction", "compute_dtype", "default_chunk_sequences"]
 
@@ -135,13 +135,25 @@ def _chunked_pass(
     return logp, entropy, grad_hidden, grad_weight
 
 
+def _recomputed_gradients(hidden, weight, ids, valid, old_logp, ref_logp, advantages, token_weight, hp, backend,
+                          chunk_sequences, gemm_dtype, weight_grad_dtype, block_v, need_hidden_grad,
+                          need_weight_grad, factor):  # fmt: skip
+    scaled = token_weight * factor
+    with torch.no_grad(), torch.autocast(hidden.device.type, enabled=False):
+        _, _, grad_hidden, grad_weight = _chunked_pass(
+            hidden, weight, ids, valid, old_logp, ref_logp, advantages, scaled, hp, backend, chunk_sequences,
+            gemm_dtype, weight_grad_dtype, block_v, need_hidden_grad, need_weight_grad,
+        )  # fmt: skip
+    return grad_hidden, grad_weight
+
+
 class FusedLinearRapoFunction(torch.autograd.Function):
     """(loss, logp, entropy) of `RapoLossFunction` for logits = hidden @ weight^T, computed in chunks.
 
     Inputs as `rapo_token_forward`, with hidden (B, T, H) and weight (V, H) of one dtype, and
     `gemm_dtype` from `compute_dtype` (see the module docstring). The gradients w.r.t. both are
     produced by the forward and scaled by the backward (once only), except with fp16 GEMMs, where
-    the backward produces them already scaled.
+    the backward produces them already scaled (`ForwardGradients`).
     """
 
     @staticmethod
@@ -164,50 +176,30 @@ class FusedLinearRapoFunction(torch.autograd.Function):
         need_weight_grad: bool,
         gemm_dtype: torch.dtype,
     ):
-        deferred = gemm_dtype == torch.float16 and (need_hidden_grad or need_weight_grad)
-        settings = (hp, backend, chunk_sequences, gemm_dtype, weight_grad_dtype, block_v)
+        recomputed = ForwardGradients.recomputed(gemm_dtype, need_hidden_grad or need_weight_grad)
         with torch.autocast(hidden.device.type, enabled=False):
             logp, entropy, grad_hidden, grad_weight = _chunked_pass(
                 hidden, weight, ids, valid, old_logp, ref_logp, advantages, token_weight, hp, backend,
                 chunk_sequences, gemm_dtype, weight_grad_dtype, block_v,
-                need_hidden_grad and not deferred, need_weight_grad and not deferred,
+                need_hidden_grad and not recomputed, need_weight_grad and not recomputed,
             )  # fmt: skip
         loss = weighted_token_loss(
             logp, valid, old_logp, ref_logp, advantages.unsqueeze(-1), token_weight, hp
         )
-        if deferred:
-            ctx.recompute = (hidden, weight, ids, valid, old_logp, ref_logp, advantages, token_weight)
-            ctx.needs = (need_hidden_grad, need_weight_grad)
-            ctx.settings = settings
-            ctx.grads = "deferred"
+        if recomputed:
+            recompute = functools.partial(
+                _recomputed_gradients, hidden, weight, ids, valid, old_logp, ref_logp, advantages, token_weight,
+                hp, backend, chunk_sequences, gemm_dtype, weight_grad_dtype, block_v, need_hidden_grad,
+                need_weight_grad,
+            )  # fmt: skip
+            ctx.gradients = ForwardGradients("rapo_loss_from_hidden", backend, recompute=recompute)
         else:
-            ctx.grads = (grad_hidden, grad_weight)
-        ctx.backend = backend
+            ctx.gradients = ForwardGradients(
+                "rapo_loss_from_hidden", backend, grads=(grad_hidden, grad_weight)
+            )
         ctx.mark_non_differentiable(logp, entropy)
         return loss, logp, entropy
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_logp, _grad_entropy):
-        if ctx.grads is None:
-            raise RuntimeError(
-                "rapo_loss_from_hidden computes its gradients in the forward; "
-                "it can be back-propagated only once"
-            )
-        if isinstance(ctx.grads, str):
-            hidden, weight, ids, valid, old, ref, adv, token_weight = ctx.recompute
-            hp, backend, chunk_sequences, gemm_dtype, weight_grad_dtype, block_v = ctx.settings
-            ctx.grads = ctx.recompute = None
-            need_hidden, need_weight = ctx.needs
-            scaled = token_weight * grad_loss.detach().to(torch.float32)
-            with torch.no_grad(), torch.autocast(hidden.device.type, enabled=False):
-                _, _, grad_hidden, grad_weight = _chunked_pass(
-                    hidden, weight, ids, valid, old, ref, adv, scaled, hp, backend, chunk_sequences,
-                    gemm_dtype, weight_grad_dtype, block_v, need_hidden, need_weight,
-                )  # fmt: skip
-            return (grad_hidden, grad_weight) + (None,) * 14
-        grad_hidden, grad_weight = ctx.grads
-        ctx.grads = None
-        for grad in (grad_hidden, grad_weight):
-            if grad is not None:
-                scale_grad_(grad, grad_loss, ctx.backend)
-        return (grad_hidden, grad_weight) + (None,) * 14
+        return ctx.gradients.backward(grad_loss) + (None,) * 14

@@ -17,6 +17,7 @@ input, builds the aggregation weights and is the public API.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -532,14 +533,68 @@ def scale_grad_(grad: torch.Tensor, factor: torch.Tensor, backend: str) -> torch
     return grad
 
 
+class ForwardGradients:
+    """The gradients a fused loss makes in its forward, handed out once by its backward.
+
+    The backward multiplies them by the incoming gradient (`scale_grad_`). fp16 gradients are the
+    exception: d loss/d logits (a token weight ~1/tokens times a probability) would underflow in
+    fp16 before a loss scaler multiplies it, so for them the forward keeps `recompute` instead,
+    which the backward calls with the incoming gradient as an fp32 factor to fold into the fp32
+    token weights: the gradients come out already scaled, rounded once (another pass over the
+    logits).
+    """
+
+    def __init__(
+        self,
+        loss_name: str,
+        backend: str,
+        *,
+        grads: tuple[torch.Tensor | None, ...] = (),
+        recompute: Callable[[torch.Tensor], tuple[torch.Tensor | None, ...]] | None = None,
+    ) -> None:
+        self.loss_name = loss_name
+        self.backend = backend
+        self._grads = grads
+        self._recompute = recompute
+        self._handed_out = False
+
+    @staticmethod
+    def recomputed(dtype: torch.dtype, needs_grad: bool) -> bool:
+        """Whether gradients computed in `dtype` are left to the backward's `recompute`."""
+        return needs_grad and dtype == torch.float16
+
+    def backward(self, grad_loss: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        if self._handed_out:
+            raise RuntimeError(
+                f"{self.loss_name} computes its gradients in the forward; it can be back-propagated only once"
+            )
+        self._handed_out = True
+        if self._recompute is not None:
+            recompute, self._recompute = self._recompute, None  # frees what it holds once used
+            return recompute(grad_loss.detach().to(torch.float32))
+        grads, self._grads = self._grads, ()
+        for grad in grads:
+            if grad is not None:
+                scale_grad_(grad, grad_loss, self.backend)
+        return grads
+
+
+def _token_gradient(logits, ids, valid, old_logp, ref_logp, advantages, weight, hp, backend, inplace,
+                    block_v, factor):  # fmt: skip
+    grad = logits if inplace else torch.empty_like(logits)
+    rapo_token_forward(
+        logits, ids, valid, old_logp, ref_logp, advantages, weight * factor, hp,
+        backend=backend, write_grad=True, grad=grad, block_v=block_v,
+    )  # fmt: skip
+    return (grad,)
+
+
 class RapoLossFunction(torch.autograd.Function):
     """loss = sum_t weight_t * (-surrogate_t + beta * kl_t); also returns per-token logp and entropy.
 
     The gradient is produced by the forward (into a new buffer, or over `logits` when `inplace`), so
-    the backward can run once only; `logp` and `entropy` are not differentiable. fp16 logits are the
-    exception: their gradient (a token weight ~1/tokens times a probability) would underflow in fp16
-    before a loss scaler multiplies it, so the backward computes it with the incoming factor folded
-    into the fp32 token weights and rounds it once (a second pass over the logits).
+    the backward can run once only; `logp` and `entropy` are not differentiable. fp16 logits get
+    theirs from the backward instead (`ForwardGradients`).
     """
 
     @staticmethod
@@ -558,9 +613,9 @@ class RapoLossFunction(torch.autograd.Function):
         block_v,
         write_grad,
     ):
-        deferred = write_grad and logits.dtype == torch.float16
+        recomputed = ForwardGradients.recomputed(logits.dtype, write_grad)
         grad = None
-        if write_grad and not deferred:
+        if write_grad and not recomputed:
             grad = logits.detach() if inplace else torch.empty_like(logits)
         logp, entropy = rapo_token_forward(
             logits,
@@ -572,46 +627,29 @@ class RapoLossFunction(torch.autograd.Function):
             weight,
             hp,
             backend=backend,
-            write_grad=write_grad and not deferred,
+            write_grad=write_grad and not recomputed,
             grad=grad,
             block_v=block_v,
         )
-        if write_grad and inplace and backend == "triton" and not deferred:
+        if write_grad and inplace and backend == "triton" and not recomputed:
             # The kernel's writes are invisible to autograd: bump the version counter so that a graph
             # node that saved these logits raises instead of silently using gradients as logits.
             torch.autograd.graph.increment_version(logits)
         loss = weighted_token_loss(logp, valid, old_logp, ref_logp, advantages.unsqueeze(-1), weight, hp)
-        if deferred:
-            ctx.recompute = (logits.detach(), ids, valid, old_logp, ref_logp, advantages, weight)
-            ctx.settings = (hp, inplace, block_v)
-            ctx.grad = "deferred"
+        if recomputed:
+            recompute = functools.partial(
+                _token_gradient, logits.detach(), ids, valid, old_logp, ref_logp, advantages, weight, hp,
+                backend, inplace, block_v,
+            )  # fmt: skip
+            ctx.gradients = ForwardGradients("rapo_loss", backend, recompute=recompute)
         else:
-            ctx.grad = grad
-        ctx.backend = backend
+            ctx.gradients = ForwardGradients("rapo_loss", backend, grads=(grad,))
         ctx.mark_non_differentiable(logp, entropy)
         return loss, logp, entropy
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_logp, _grad_entropy):
-        grad = ctx.grad
-        if grad is None:
-            raise RuntimeError(
-                "rapo_loss computes its gradient in the forward; it can be back-propagated only once"
-            )
-        ctx.grad = None
-        if isinstance(grad, str):
-            logits, ids, valid, old, ref, adv, weight = ctx.recompute
-            hp, inplace, block_v = ctx.settings
-            ctx.recompute = None
-            grad = logits if inplace else torch.empty_like(logits)
-            scaled = weight * grad_loss.detach().to(torch.float32)
-            rapo_token_forward(
-                logits, ids, valid, old, ref, adv, scaled, hp,
-                backend=ctx.backend, write_grad=True, grad=grad, block_v=block_v,
-            )  # fmt: skip
-            return (grad,) + (None,) * 11
-        scale_grad_(grad, grad_loss, ctx.backend)
-        return (grad,) + (None,) * 11
+        return ctx.gradients.backward(grad_loss) + (None,) * 11
 
 
 def rapo_loss_reference(
