@@ -355,31 +355,12 @@ def _build(args) -> int:
 def _read_critiques(path: Path) -> list[tuple[str, str]]:
     """(id, critique) of each record of a JSONL file; ValueError naming the file and the line for
     anything unreadable."""
-    texts = []
-    try:
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise ValueError(
-                        f"--file {str(path)!r}: line {number} is not JSON ({error.msg} at column {error.colno})"
-                    ) from None
-                if not isinstance(record, dict):
-                    raise ValueError(
-                        f"--file {str(path)!r}: line {number} is a JSON {type(record).__name__}, "
-                        "expected an object with a 'critique'"
-                    )
-                texts.append((str(record.get("id", number)), str(record.get("critique", ""))))
-    except UnicodeDecodeError as error:
-        raise ValueError(
-            f"--file {str(path)!r}: not UTF-8 text ({error.reason} at byte {error.start})"
-        ) from None
-    except OSError as error:
-        raise ValueError(f"--file {str(path)!r}: {error.strerror or error}") from None
-    return texts
+    from aesr1.jsonio import jsonl_objects
+
+    return [
+        (str(record.get("id", number)), str(record.get("critique", "")))
+        for number, record in jsonl_objects(path)
+    ]
 
 
 def _check_leakage(args) -> int:
