@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from aesr1.data.synthetic import make_synthetic_dataset
+from aesr1.loss import RapoLossConfig
 from aesr1.modeling.freeze import freeze_vision
 from aesr1.modeling.tiny import build_tiny_model
 from aesr1.train.config import config_from_dict
@@ -71,12 +72,14 @@ def test_fused_loss_and_gradients_equal_the_logits_path(round_data, beta):
     old = batch["completion_mask"] * -2.0 + 0.05 * torch.randn(
         ref.shape, generator=torch.Generator().manual_seed(1)
     )
-    args = (batch["completion_ids"], old, ref if beta else None, data.advantages, batch["completion_mask"])
-    kwargs = dict(eps_low=0.2, eps_high=0.28, beta=beta, temperature=1.0, backend="torch")
+    inputs = dict(old_logp=old, ref_logp=ref if beta else None, advantages=data.advantages)
+    loss_config = RapoLossConfig(beta=beta, backend="torch")
     results = {}
     for fused in (False, True):
         model.zero_grad(set_to_none=True)
-        loss, metrics = policy_loss(model, model, batch, args, kwargs, fused_linear=fused)
+        loss, metrics = policy_loss(
+            model, model, batch, **inputs, loss_config=loss_config, fused_linear=fused
+        )
         loss.backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         results[fused] = (loss.detach(), metrics, grads)
@@ -106,12 +109,13 @@ def test_fused_path_never_runs_the_plain_lm_head(round_data):
     head.forward = refuse
     try:
         batch = data.batch
-        args = (batch["completion_ids"], None, None, data.advantages, batch["completion_mask"])
-        loss, _ = policy_loss(model, model, batch, args, dict(backend="torch", beta=0.0), fused_linear=True)
+        inputs = dict(old_logp=None, ref_logp=None, advantages=data.advantages)
+        loss_config = RapoLossConfig(beta=0.0, backend="torch")
+        loss, _ = policy_loss(model, model, batch, **inputs, loss_config=loss_config, fused_linear=True)
         loss.backward()
         sequence_logprobs(model, model, batch, temperature=1.0, backend="torch", fused_linear=True)
         with pytest.raises(AssertionError, match="full logits"):
-            policy_loss(model, model, batch, args, dict(backend="torch", beta=0.0), fused_linear=False)
+            policy_loss(model, model, batch, **inputs, loss_config=loss_config, fused_linear=False)
     finally:
         del head.forward
         hook.remove()

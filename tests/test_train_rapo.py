@@ -4,6 +4,7 @@ unparseable completions, clip fractions with several steps per generation, kill 
 from __future__ import annotations
 
 import copy
+import math
 import random
 
 import numpy as np
@@ -175,6 +176,39 @@ def test_single_step_per_generation_is_on_policy(trained, items, tmp_path):
     assert data.old_logp is None  # no extra forward: the ratio is exactly 1 by construction
     metrics = trainer.optimiser_step(data, list(range(8)))
     assert metrics["ratio_min"] == metrics["ratio_max"] == 1.0 and metrics["clip_frac"] == 0.0
+
+
+def test_the_trainer_trains_with_the_loss_config_of_rapo(trained, items, tmp_path, monkeypatch):
+    """Every loss setting reaches the loss through `rapo.loss_config()`; epsilon_high changes it."""
+    import aesr1.train.rapo as rapo_module
+
+    settings = dict(epsilon=0.1, epsilon_high=0.5, beta=0.02, aggregation="token-mean", kl_clamp=True,
+                    loss_backend="torch", temperature=0.9, max_completion_length=36)  # fmt: skip
+    wide = make_trainer(small_config(tmp_path / "wide", **settings), trained, items, tmp_path / "wide")
+    narrow_settings = {**settings, "epsilon_high": 0.28}
+    narrow = make_trainer(
+        small_config(tmp_path / "narrow", **narrow_settings), trained, items, tmp_path / "narrow"
+    )
+    passed = []
+    original = rapo_module.policy_loss
+
+    def spy(*args, loss_config, **kwargs):
+        passed.append(loss_config)
+        return original(*args, loss_config=loss_config, **kwargs)
+
+    monkeypatch.setattr(rapo_module, "policy_loss", spy)
+    data = wide.generate_round(0)
+    # Sampled by a policy 0.4 nats less likely on every token: ratio e^0.4 = 1.49 on the first step,
+    # above 1 + 0.28 (clipped where A > 0) and below 1 + 0.5 (never clipped).
+    data.old_logp = data.old_logp - 0.4
+    rows = list(range(8))
+    clipped = narrow.optimiser_step(data, rows)
+    unclipped = wide.optimiser_step(data, rows)
+    assert passed[0] == narrow.cfg.loss_config() and passed[-1] == wide.cfg.loss_config()
+    assert passed[-1].eps_high == 0.5 and passed[-1].eps_low == 0.1 and passed[-1].kl_clamp
+    assert unclipped["clip_frac_high"] == 0.0 < clipped["clip_frac_high"]
+    assert unclipped["ratio_min"] == pytest.approx(math.exp(0.4), rel=1e-4)
+    assert unclipped["loss"] != pytest.approx(clipped["loss"])
 
 
 class _Killed(Exception):

@@ -21,11 +21,14 @@ redirection of PyTorch Lightning's strategies and trl), so the DDP/DeepSpeed eng
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from aesr1.modeling.chat import model_inputs
+
+if TYPE_CHECKING:
+    from aesr1.loss_config import RapoLossConfig
 
 
 def completion_logits(model, batch: dict[str, Any]) -> torch.Tensor:
@@ -169,15 +172,28 @@ def policy_loss(
     model,
     unwrapped,
     batch: dict[str, Any],
-    loss_args: tuple,
-    loss_kwargs: dict[str, Any],
     *,
+    old_logp: torch.Tensor | None,
+    ref_logp: torch.Tensor | None,
+    advantages: torch.Tensor,
+    loss_config: RapoLossConfig,
     fused_linear: bool,
+    num_sequences: float | torch.Tensor | None = None,
+    num_tokens: float | torch.Tensor | None = None,
+    deferred_checks: list | None = None,
 ):
-    """(loss, metrics) of RAPO (Eq. 10-12) for `batch`: `loss_args` are the arguments of
-    `rapo_loss` after the logits (completion ids, old, ref, advantages, mask)."""
+    """(loss, metrics) of RAPO (Eq. 10-12) for the completions of `batch` (`completion_ids`,
+    `completion_mask`) with the settings of `loss_config`; the other arguments as in
+    `aesr1.loss.rapo_loss`."""
     from aesr1.loss import rapo_loss
 
+    loss_args = (batch["completion_ids"], old_logp, ref_logp, advantages, batch["completion_mask"])
+    loss_kwargs = dict(
+        loss_config.as_kwargs(),
+        num_sequences=num_sequences,
+        num_tokens=num_tokens,
+        deferred_checks=deferred_checks,
+    )
     if fused_linear:
         return redirect_forward(model, unwrapped, _hidden_loss, unwrapped, batch, loss_args, loss_kwargs)
     logits = completion_logits(model, batch)

@@ -179,6 +179,7 @@ class RAPOTrainer:
 
         self.config = config
         self.cfg = config.rapo
+        self.loss_config = config.rapo.loss_config()
         self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
         validate_world_size(config, self.accelerator.num_processes)
         if len(train_items) < self.cfg.images_per_generation:
@@ -297,8 +298,8 @@ class RAPOTrainer:
             # autocast as accelerate's wrapped forward does, so both paths see the same precision
             with self.accelerator.autocast():
                 logp = sequence_logprobs(
-                    model, unwrapped, sub, temperature=self.cfg.temperature, backend=self.cfg.loss_backend,
-                    fused_linear=self.fused_linear,
+                    model, unwrapped, sub, temperature=self.loss_config.temperature,
+                    backend=self.loss_config.backend, fused_linear=self.fused_linear,
                 )  # fmt: skip
             out[part.start : part.stop, : logp.shape[1]] = logp.float()
         return out
@@ -391,12 +392,6 @@ class RAPOTrainer:
         extremes = torch.tensor([-math.inf, -math.inf], dtype=torch.float64, device=device)  # -min, max
         checks: list = []
         unwrapped = self._unwrapped(self.model)
-        loss_kwargs = dict(
-            eps_low=cfg.epsilon, eps_high=cfg.epsilon_high, beta=cfg.beta, temperature=cfg.temperature,
-            aggregation=cfg.aggregation, kl_clamp=cfg.kl_clamp, num_sequences=num_sequences,
-            num_tokens=num_tokens, max_completion_length=cfg.max_completion_length, backend=cfg.loss_backend,
-            deferred_checks=checks,
-        )  # fmt: skip
         for number, part in enumerate(parts):
             sub_rows = [rows[i] for i in part]
             sub = select_rows(data.batch, sub_rows)
@@ -405,14 +400,13 @@ class RAPOTrainer:
             sync = number == len(parts) - 1
             context = nullcontext() if sync or self.deepspeed else acc.no_sync(self.model)
             with context:
-                loss_args = (
-                    sub["completion_ids"], _rows(data.old_logp, sub_rows, width),
-                    _rows(data.ref_logp, sub_rows, width), data.advantages[sub_rows], sub["completion_mask"],
-                )  # fmt: skip
                 with acc.autocast():  # the fused path bypasses the wrapped forward's autocast
                     loss, metrics = policy_loss(
-                        self.model, unwrapped, sub, loss_args, loss_kwargs, fused_linear=self.fused_linear
-                    )
+                        self.model, unwrapped, sub, old_logp=_rows(data.old_logp, sub_rows, width),
+                        ref_logp=_rows(data.ref_logp, sub_rows, width), advantages=data.advantages[sub_rows],
+                        loss_config=self.loss_config, fused_linear=self.fused_linear,
+                        num_sequences=num_sequences, num_tokens=num_tokens, deferred_checks=checks,
+                    )  # fmt: skip
                 self._backward(loss, last=sync)
             tokens = sub["completion_mask"].sum().double()
             # a metric is NaN over a micro-batch without valid tokens; it then weighs nothing
