@@ -131,3 +131,47 @@ def test_malformed_yaml_files(tmp_path, capsys):
     broken.write_text("rapo: {beta: [0.1\n")
     err = _cli_error(capsys, ["--config", str(broken)])
     assert str(broken) in err and "not valid YAML" in err
+
+
+def _count_data_checks(monkeypatch) -> list:
+    """Calls of `check_data_spec`, a check only `preflight` runs."""
+    import aesr1.train.data as data
+
+    calls = []
+    original = data.check_data_spec
+    monkeypatch.setattr(data, "check_data_spec", lambda config: calls.append(config) or original(config))
+    return calls
+
+
+def test_preflight_runs_once_per_configuration(monkeypatch):
+    from aesr1.train.pipeline import preflight
+
+    calls = _count_data_checks(monkeypatch)
+    config = config_from_dict({"sft": {"per_device_train_batch_size": 16}}, embedded_default())
+    preflight(config)
+    preflight(config)
+    assert len(calls) == 1
+    preflight(config_from_dict({"seed": 1}, config))  # another configuration: checked
+    preflight(config, world_size=2)  # another process count: checked
+    assert len(calls) == 3
+    bad = config_from_dict({"data": {"spec": "ava:/nonexistent/AVA"}}, config)
+    for _ in range(2):  # a failure is not remembered
+        with pytest.raises(FileNotFoundError, match="AVA"):
+            preflight(bad)
+
+
+def test_a_cli_run_runs_preflight_once(tmp_path, monkeypatch):
+    """`python -m aesr1.train` runs preflight before `run_pipeline`, which does not run it again."""
+    import aesr1.train.data as data
+
+    class Stop(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise Stop
+
+    calls = _count_data_checks(monkeypatch)
+    monkeypatch.setattr(data, "load_items", stop)  # the first heavy step of run_pipeline
+    with pytest.raises(Stop):
+        main(["--output-dir", str(tmp_path / "run"), "--no-progress", "--set", "seed=12345"])
+    assert len(calls) == 1

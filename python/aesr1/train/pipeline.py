@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from aesr1.jsonio import dumps
-from aesr1.train.config import TrainConfig, validate_world_size
+from aesr1.train.config import TrainConfig
 from aesr1.train.distributed import is_deepspeed, make_rapo_accelerator
 from aesr1.train.durable import (
     atomic_write_text,
@@ -61,13 +61,22 @@ def check_model_path(path: str) -> None:
         )
 
 
+#: The configurations (JSON, process count) that passed `preflight` in this process.
+_PREFLIGHT_PASSED: set[tuple[str, int]] = set()
+
+
 def preflight(config: TrainConfig, world_size: int = 1) -> None:
-    """Every check that needs no heavy work: config values, paths, model kind, batch divisibility."""
+    """Every check that needs no heavy work: config values with batch divisibility over
+    `world_size` processes (`validate_config`), paths, model kind. Once per process: a repeated call
+    for a configuration that passed returns at once (`python -m aesr1.train` calls it before
+    `run_pipeline`, which calls it for callers that did not)."""
     from aesr1.train.config import validate_config
     from aesr1.train.data import check_data_spec
 
-    validate_config(config)
-    validate_world_size(config, world_size)
+    key = (json.dumps(config.to_dict(), sort_keys=True), world_size)
+    if key in _PREFLIGHT_PASSED:
+        return
+    validate_config(config, world_size)
     if config.model.name_or_path is not None:
         check_model_path(config.model.name_or_path)
     check_data_spec(config)
@@ -79,6 +88,7 @@ def preflight(config: TrainConfig, world_size: int = 1) -> None:
         read_deepspeed_config(config.deepspeed)
         if importlib.util.find_spec("deepspeed") is None:
             raise ValueError("--deepspeed needs DeepSpeed: pip install 'aesr1[deepspeed]'")
+    _PREFLIGHT_PASSED.add(key)
 
 
 #: Settings that may change between a run and its resume (they do not change what is computed).
