@@ -11,6 +11,8 @@ import importlib
 import inspect
 import json
 import pkgutil
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -312,6 +314,14 @@ def test_loss_config_carries_every_loss_setting_of_rapo():
         loss = dataclasses.replace(RAPOConfig(), **{source: changed[source]}).loss_config()
         assert getattr(loss, name) == changed[source], name
         assert dataclasses.replace(loss, **{name: getattr(base, name)}) == base, name
+
+
+def test_the_config_imports_without_torch():
+    """The loss defaults and the rollout section come from torch-free modules (`aesr1.loss_config`,
+    `aesr1.rollout.config`), so reading a config loads no torch."""
+    code = "import sys, aesr1.train.config; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_rollout_section_is_the_rollout_packages_config():
