@@ -445,7 +445,7 @@ class Setup:
         wl = self.workload
         return TrainConfig(
             output_dir=str(output_dir), seed=self.seed, save_steps=10**9, logging_steps=1, progress=False,
-            tensorboard=False, deepspeed=wl.deepspeed,
+            report_to=[], deepspeed=wl.deepspeed,
             model=ModelConfig(dtype=wl.dtype, gradient_checkpointing=wl.gradient_checkpointing),
             sft=SFTStageConfig(num_train_epochs=1.0, max_steps=wl.total_steps, learning_rate=1e-5,
                                global_batch_size=wl.sequences_per_step,

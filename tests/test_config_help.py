@@ -69,3 +69,30 @@ def test_nearest_keys_of_typos_and_misplaced_keys():
     assert "rapo.learning_rate" in nearest_keys("rapo.lerning_rate", TrainConfig)
     assert "rapo.epsilon" in nearest_keys("sft.epsilon", TrainConfig)  # right key, wrong section
     assert nearest_keys("zzzz.qqqq", TrainConfig) == []
+
+
+def test_show_config_prints_the_resolved_config_and_runs_nothing(tmp_path, capsys):
+    from aesr1.train.__main__ import build_config, main, parse_args
+
+    args = [
+        "--output-dir",
+        str(tmp_path / "run"),
+        "--set",
+        "rapo.epsilon_high=0.3",
+        "--report-to",
+        "wandb,mlflow",
+    ]
+    assert main([*args, "--show-config"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    config, _ = build_config(parse_args(args))
+    assert shown == dataclasses.asdict(config)
+    assert shown["rapo"]["epsilon_high"] == 0.3 and shown["report_to"] == ["wandb", "mlflow"]
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_misspelt_set_names_the_nearest_keys(capsys):
+    from aesr1.train.__main__ import main
+
+    assert main(["--set", "rapo.epsilon_hihg=0.3", "--show-config"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown config key 'rapo.epsilon_hihg'; did you mean rapo.epsilon_high" in err

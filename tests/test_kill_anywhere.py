@@ -20,7 +20,7 @@ from pathlib import Path
 
 SETTINGS = [
     "data.synthetic_n=40", "data.synthetic_image_size=32", "data.cold_start_per_bin=2", "data.max_eval_images=4",
-    "model.dtype=float32", "tensorboard=false", "save_steps=2",
+    "model.dtype=float32", "report_to=none", "save_steps=2",
     "sft.global_batch_size=2", "sft.per_device_train_batch_size=2", "sft.num_train_epochs=2", "sft.max_completion_length=24",
     "sft.learning_rate=2e-3", "sft.lr_scheduler_type=linear",
     "rapo.num_generations=2", "rapo.mini_batch_size=4", "rapo.per_device_train_batch_size=4", "rapo.steps_per_generation=1",

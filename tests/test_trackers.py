@@ -32,7 +32,7 @@ def test_a_missing_service_is_named_with_its_install_line(monkeypatch):
 
     monkeypatch.setattr(trackers, "_installed", lambda name: False)
     with pytest.raises(
-        ImportError, match=r"report_to wandb: the 'wandb' package is not installed \(pip install"
+        ValueError, match=r"report_to wandb: the 'wandb' package is not installed \(pip install"
     ):
         check_trackers_installed(["tensorboard", "wandb"])
 
@@ -137,3 +137,42 @@ def test_other_processes_open_nothing(tmp_path):
     trackers.log("rapo", 1, {"loss": 1.0})
     trackers.finish()
     assert not (tmp_path / "wandb").exists()
+
+
+def test_a_training_run_reports_both_stages_and_leaves_model_cards(tmp_path, monkeypatch):
+    """`python -m aesr1.train` reporting to W&B and MLflow on a tiny run: both services get the config,
+    every stage's metrics under the names TensorBoard uses, and the held-out table; both final
+    model directories get a card with the table."""
+    pytest.importorskip("wandb")
+    pytest.importorskip("mlflow")
+    from test_pipeline_outputs import argv
+
+    from aesr1.train.__main__ import main
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    out = tmp_path / "run"
+    # the shared settings turn trackers off with --set, which a later --set overrides
+    assert main([*argv(out), "--set", "report_to=wandb,mlflow", "--set", "run_name=tiny"]) == 0
+    table = (out / "table.md").read_text().strip()
+
+    (run_file,) = (out / "wandb").glob("offline-run-*/run-*.wandb")
+    keys = set()
+    for record in wandb_records(run_file):
+        if record.WhichOneof("record_type") == "history":
+            keys |= {item.key or "/".join(item.nested_key) for item in record.history.item}
+    assert {"sft/loss", "sft/step", "rapo/loss", "rapo/step", "held_out/rapo/plcc"} <= keys
+
+    (mlflow_run,) = [p.parent for p in (tmp_path / "mlruns").glob("*/*/meta.yaml")]
+    assert (mlflow_run / "tags" / "mlflow.runName").read_text() == "tiny"
+    assert (mlflow_run / "params" / "rapo.num_generations").read_text() == "2"
+    assert (mlflow_run / "metrics" / "sft" / "loss").is_file() and (
+        mlflow_run / "metrics" / "rapo" / "loss"
+    ).is_file()
+    assert (mlflow_run / "artifacts" / "held_out.md").read_text().strip() == table
+
+    for stage in ("sft", "rapo"):
+        card = (out / stage / "final" / "README.md").read_text()
+        assert card.startswith("---\n") and f"aesr1-{stage}" in card and table in card

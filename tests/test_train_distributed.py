@@ -69,7 +69,7 @@ def _trainer_round(accelerator, out_dir: str) -> dict:
     with accelerator.main_process_first():
         items = make_synthetic_dataset(os.path.join(out_dir, "syn"), n=8, seed=0, image_size=32)
     config = config_from_dict({
-        "output_dir": out_dir, "progress": False, "tensorboard": False,
+        "output_dir": out_dir, "progress": False, "report_to": [],
         "rapo": {"mini_batch_size": 16, "steps_per_generation": 1, "per_device_train_batch_size": 4,
                  "max_completion_length": 6, "learning_rate": 1e-2, "max_steps": 1, "beta": 0.0},
         "reward": {"format": 1.0},

@@ -24,7 +24,7 @@ def items(tmp_path_factory):
 
 
 def make_trainer(tmp_path, items, model=None, **rapo):
-    values = {"output_dir": str(tmp_path), "progress": False, "tensorboard": False,
+    values = {"output_dir": str(tmp_path), "progress": False, "report_to": [],
               "rapo": {"num_generations": 2, "mini_batch_size": 8, "steps_per_generation": 1, "per_device_train_batch_size": 4,
                        "max_completion_length": 8, "learning_rate": 1e-2, "max_steps": 2, "beta": 0.0, **rapo},
               "reward": {"format": 1.0}, "eval": {"eval_steps": 0}}  # fmt: skip

@@ -52,7 +52,7 @@ def small_config(tmp_path, **rapo):
     values = {
         "output_dir": str(tmp_path),
         "progress": False,
-        "tensorboard": False,
+        "report_to": [],
         "save_steps": 2,
         "rapo": {
             "num_generations": 4,
@@ -295,7 +295,7 @@ def test_table2_reward_combinations_run_by_config(trained, items, tmp_path, name
     from aesr1.train.config import load_config
 
     config = config_from_dict(
-        {"output_dir": str(tmp_path), "progress": False, "tensorboard": False, "eval": {"eval_steps": 0},
+        {"output_dir": str(tmp_path), "progress": False, "report_to": [], "eval": {"eval_steps": 0},
          "rapo": {"mini_batch_size": 8, "steps_per_generation": 1, "per_device_train_batch_size": 8,
                   "max_completion_length": 40, "max_steps": 1, "learning_rate": 1e-3}},
         load_config(name),

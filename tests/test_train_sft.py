@@ -28,7 +28,7 @@ def tiny(rows):
 
 def sft_config(tmp_path, save_steps=2, **sft):
     return config_from_dict({
-        "output_dir": str(tmp_path), "progress": False, "tensorboard": False, "save_steps": save_steps,
+        "output_dir": str(tmp_path), "progress": False, "report_to": [], "save_steps": save_steps,
         "sft": {"num_train_epochs": 3, "learning_rate": 5e-3, "global_batch_size": 8, "per_device_train_batch_size": 4,
                 "warmup_ratio": 0.0, "lr_scheduler_type": "constant", **sft},
     })  # fmt: skip
@@ -112,7 +112,7 @@ def test_table3_epoch_settings_run(rows, tmp_path, name):
     config = load_config(name)
     assert sft_steps(config, 3000) == pytest.approx(3000 / 64 * config.sft.num_train_epochs, abs=1)
     small = config_from_dict(
-        {"output_dir": str(tmp_path), "progress": False, "tensorboard": False,
+        {"output_dir": str(tmp_path), "progress": False, "report_to": [],
          "sft": {"global_batch_size": 4, "per_device_train_batch_size": 4, "max_steps": 1}}, config,
     )  # fmt: skip
     assert small.sft.num_train_epochs == config.sft.num_train_epochs

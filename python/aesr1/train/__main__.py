@@ -52,6 +52,15 @@ def parse_args(argv: list[str] | None = None, prog: str = PROG) -> argparse.Name
                         help="override one config value (YAML syntax), e.g. --set rapo.learning_rate=2e-6")  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument(
+        "--report-to", metavar="TRACKERS",
+        help="experiment trackers (report_to): tensorboard, wandb, mlflow, trackio, a comma-separated list, "
+        "none or all (default tensorboard)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--show-config", action="store_true",
+        help="print the resolved config (every key with its help, and its default where it differs) as YAML and exit",
+    )  # fmt: skip
+    parser.add_argument(
         "--deepspeed", metavar="NAME_OR_JSON",
         help="DeepSpeed config for both stages: zero3, zero3_offload, zero2 (packaged) or a JSON path",
     )  # fmt: skip
@@ -101,6 +110,8 @@ def build_config(args: argparse.Namespace):
         values["progress"] = False
     if args.deepspeed:
         values["deepspeed"] = args.deepspeed
+    if args.report_to is not None:
+        values["report_to"] = args.report_to
     for assignment in args.set:
         set_override(values, assignment)
     return config_from_dict(values, config), embedded
@@ -118,11 +129,17 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
 
         from aesr1.train.pipeline import check_output_dir, saved_run_config
 
-        given = [args.config, args.model, args.data, args.cold_start, args.seed, args.set, args.deepspeed]
+        given = [args.config, args.model, args.data, args.cold_start, args.seed, args.set, args.deepspeed,
+                 args.report_to]  # fmt: skip
         settled = not args.resume or any(g not in (None, []) for g in given)
         saved = None if settled else saved_run_config(config)
         if saved is not None:  # `--output-dir DIR --resume` alone continues DIR as it was started
             config, embedded = saved, False
+        if args.show_config:
+            from aesr1.train.config_help import describe_config
+
+            print(describe_config(config))
+            return 0
 
         if config.deepspeed is not None:
             from aesr1.train.distributed import ensure_process_group_env

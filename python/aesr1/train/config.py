@@ -335,7 +335,10 @@ class TrainConfig:
         save_total_limit: RAPO checkpoints kept (oldest deleted first).
         logging_steps: console/TensorBoard/JSONL logging every this many optimiser steps.
         progress: show progress bars (trl: `disable_tqdm`, inverted).
-        tensorboard: write TensorBoard event files (trl: `report_to`).
+        report_to: experiment trackers, trl's name and values: a list of "tensorboard", "wandb",
+            "mlflow", "trackio"; "none" or [] for none, "all" for every installed one
+            (`aesr1.train.trackers`). The JSONL metrics files are always written.
+        run_name: the run's name in the trackers (default: the output directory's name).
         deepspeed: DeepSpeed config for both stages when not launched by `accelerate launch` with
             one: a packaged name ("zero3", "zero3_offload", "zero2") or a JSON path. Batch sizes,
             gradient accumulation and clipping in it are filled from this config
@@ -348,7 +351,8 @@ class TrainConfig:
     save_total_limit: int = 2
     logging_steps: int = 1
     progress: bool = True
-    tensorboard: bool = True
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    run_name: str | None = None
     deepspeed: str | None = None
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -356,6 +360,11 @@ class TrainConfig:
     reward: RewardMixConfig = field(default_factory=RewardMixConfig)
     rapo: RAPOConfig = field(default_factory=RAPOConfig)
     eval: HeldOutEvalConfig = field(default_factory=HeldOutEvalConfig)
+
+    def __post_init__(self) -> None:
+        from aesr1.train.trackers import parse_report_to
+
+        self.report_to = parse_report_to(self.report_to)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -409,6 +418,20 @@ def rename_deprecated_keys(values: dict[str, Any], *, source: str = "", warn: bo
     new one is an error."""
     out = copy.deepcopy(values)
     where = f"{source}: " if source else ""
+    if "tensorboard" in out:  # a switch before trackers came: true is report_to [tensorboard]
+        if "report_to" in out:
+            raise ValueError(
+                f"{where}config keys 'tensorboard' and 'report_to' overlap: keep only 'report_to'"
+            )
+        enabled = out.pop("tensorboard")
+        out["report_to"] = ["tensorboard"] if enabled is True else [] if enabled is False else enabled
+        if warn:
+            warnings.warn(
+                f"{where}config key 'tensorboard' is deprecated and read as report_to: "
+                f"{out['report_to']}; the old name will be removed in the next release",
+                FutureWarning,
+                stacklevel=2,
+            )
     for old, new in DEPRECATED_KEYS.items():
         *old_path, old_name = old.split(".")
         parent = _node(out, old_path)
@@ -488,6 +511,12 @@ def _coerce(path: str, value: Any, annotation: Any) -> Any:
         if not isinstance(value, str):
             raise TypeError(f"config key {path!r}: expected a string, got {value!r}")
         return value
+    if origin is list:
+        if isinstance(value, str):  # trl's comma-separated form: "wandb,mlflow"
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise TypeError(f"config key {path!r}: expected a list of strings, got {value!r}")
+        return value
     if origin is dict:
         if not isinstance(value, dict):
             raise TypeError(f"config key {path!r}: expected a mapping, got {value!r}")
@@ -505,8 +534,13 @@ def _build(cls, values: dict[str, Any], prefix: str):
     kwargs = {}
     for key, value in values.items():
         if key not in names:
+            from aesr1.train.config_help import nearest_keys
+
+            near = nearest_keys(prefix + key, TrainConfig)
+            hint = f"did you mean {' or '.join(near)}? " if near else ""
             raise ValueError(
-                f"unknown config key {prefix + key!r}; valid keys here: {', '.join(sorted(names))}"
+                f"unknown config key {prefix + key!r}; {hint}valid keys here: {', '.join(sorted(names))} "
+                "(all keys: --show-config)"
             )
         if dataclasses.is_dataclass(hints[key]):
             kwargs[key] = _build(hints[key], value, f"{prefix}{key}.")
@@ -520,7 +554,7 @@ def _build(cls, values: dict[str, Any], prefix: str):
         for key, value in kwargs.items():
             if prefix + key in NUMERIC_RANGES:
                 _check_range(prefix + key, value)
-        raise ValueError(f"{prefix.rstrip('.')}: {error}") from None
+        raise ValueError(f"{prefix.rstrip('.')}: {error}" if prefix else str(error)) from None
 
 
 def config_from_dict(values: dict[str, Any], base: TrainConfig | None = None) -> TrainConfig:

@@ -34,6 +34,7 @@ from aesr1.train.durable import (
     staging_path,
 )
 from aesr1.train.evaluation import HeldOutResult, evaluate_policy
+from aesr1.train.trackers import Trackers, check_trackers_installed, flatten
 
 ROW_TITLES = {"untrained": "untrained", "sft": "after SFT", "rapo": "after RAPO"}
 
@@ -80,6 +81,7 @@ def preflight(config: TrainConfig, world_size: int = 1) -> None:
     if config.model.name_or_path is not None:
         check_model_path(config.model.name_or_path)
     check_data_spec(config)
+    check_trackers_installed(config.report_to)
     if config.deepspeed is not None:
         import importlib.util
 
@@ -92,17 +94,7 @@ def preflight(config: TrainConfig, world_size: int = 1) -> None:
 
 
 #: Settings that may change between a run and its resume (they do not change what is computed).
-RESUME_FREE_KEYS = frozenset({"output_dir", "progress"})
-
-
-def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
+RESUME_FREE_KEYS = frozenset({"output_dir", "progress", "report_to", "run_name"})
 
 
 def config_differences(saved: dict[str, Any], current: TrainConfig) -> list[str]:
@@ -112,8 +104,8 @@ def config_differences(saved: dict[str, Any], current: TrainConfig) -> list[str]
     from aesr1.train.config import saved_config_values
 
     absent = "<absent>"
-    old = _flatten(json.loads(json.dumps(saved_config_values(saved))))
-    new = _flatten(json.loads(json.dumps(current.to_dict())))  # the JSON forms of both
+    old = flatten(json.loads(json.dumps(saved_config_values(saved))))
+    new = flatten(json.loads(json.dumps(current.to_dict())))  # the JSON forms of both
     return [
         f"{key}: {old.get(key, absent)!r} -> {new.get(key, absent)!r}"
         for key in sorted(set(old) | set(new))
@@ -354,6 +346,29 @@ def release_trainer(trainer) -> None:
         AcceleratorState._reset_state()  # a DeepSpeed plugin is fixed for the state's lifetime
 
 
+def _held_out_description(config: TrainConfig) -> str:
+    cap = f", at most {config.data.max_eval_images} images" if config.data.max_eval_images else ""
+    return (
+        f"each dataset's official test split, else {config.data.test_fraction:.0%} of its images "
+        f"(split seed {config.data.split_seed}){cap}"
+    )
+
+
+def write_model_cards(config: TrainConfig, out: Path, rows: dict[str, dict[str, Any]]) -> None:
+    """A model card (`README.md`) in each finished stage's `final` directory, with the run's table."""
+    from aesr1.train.model_card import CardInputs, write_model_card
+
+    for stage in ("sft", "rapo"):
+        final = out / stage / "final"
+        if is_complete(final):
+            write_model_card(final, CardInputs(
+                stage=stage,
+                base_model=config.model.name_or_path or "tiny random-initialised Qwen2.5-VL (aesr1.modeling.tiny)",
+                data_spec=config.data.spec, config=config.to_dict(), table=format_table(rows),
+                held_out=_held_out_description(config),
+            ))  # fmt: skip
+
+
 def run_pipeline(
     config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     stages: tuple[str, ...] = ("sft", "rapo"),
@@ -393,6 +408,12 @@ def run_pipeline(
     if state.is_main_process:
         print(f"[data] {len(train)} training images, {len(test)} held-out, {len(rows)} cold-start records")
     results = _Results(out / "results.json", write=state.is_main_process)
+    trackers = Trackers(
+        config.report_to, run_name=config.run_name or out.resolve().name, output_dir=out,
+        enabled=state.is_main_process,
+    )  # fmt: skip
+    # A crashed run is closed by each service's own exit handler, and marked as such there.
+    trackers.start(config.to_dict())
 
     def evaluate(model, processor, key: str | None, accelerator=None) -> HeldOutResult:
         result = evaluate_policy(
@@ -421,7 +442,7 @@ def run_pipeline(
     policy_source = Path(config.model.name_or_path) if config.model.name_or_path else initial_dir
     if "sft" in stages and config.sft.num_train_epochs > 0 and not (resume and is_complete(sft_final)):
         results.drop("sft", "rapo")
-        trainer = run_sft(config, model, processor, rows, out / "sft", resume=resume)
+        trainer = run_sft(config, model, processor, rows, out / "sft", resume=resume, trackers=trackers)
         release_trainer(trainer)
         del trainer
     state.wait_for_everyone()  # the main process writes sft/final
@@ -432,6 +453,8 @@ def run_pipeline(
         model, processor = load(config, sft_final)
         if "sft" not in results.rows:
             evaluate(model.to(state.device), processor, "sft", state)
+        if state.is_main_process:
+            write_model_cards(config, out, results.rows)
         policy_source = sft_final
 
     rapo_final = out / "rapo" / "final"
@@ -444,7 +467,7 @@ def run_pipeline(
             accelerator = make_rapo_accelerator(config, model)
             trainer = RAPOTrainer(
                 config, model, processor, train, ref_model=ref_model, output_dir=out / "rapo",
-                accelerator=accelerator,
+                accelerator=accelerator, trackers=trackers,
                 evaluate_fn=lambda m, step: evaluate(m, processor, None, accelerator).metrics(),
             )  # fmt: skip
             trainer.train(resume=resume)
@@ -467,4 +490,7 @@ def run_pipeline(
         held_out = {k: results.held_out(k) for k in ("untrained", "sft", "rapo") if k in results.rows}
         result.plot = plot_distributions(held_out, out / "score_distributions.png")
         atomic_write_text(out / "table.md", result.table + "\n")
+        write_model_cards(config, out, result.rows)
+        trackers.log_results(result.rows, result.table)
+    trackers.finish()
     return result

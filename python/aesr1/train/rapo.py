@@ -160,6 +160,7 @@ class RAPOTrainer:
         output_dir: checkpoints go to `<output_dir>/checkpoint-<step>`, logs beside them.
         accelerator: an `accelerate.Accelerator` (one is made when None).
         evaluate_fn: `f(model, step) -> dict` called every `eval.eval_steps` (held-out PLCC/SRCC).
+        trackers: the run's experiment trackers (`aesr1.train.trackers.Trackers`), if any.
     """
 
     def __init__(
@@ -173,6 +174,7 @@ class RAPOTrainer:
         output_dir: str | Path,
         accelerator=None,
         evaluate_fn=None,
+        trackers=None,
     ) -> None:
         from accelerate import Accelerator
         from transformers import get_scheduler
@@ -231,7 +233,11 @@ class RAPOTrainer:
         self.rollout_fn = self._make_rollout_fn()
         self.accelerator.register_for_checkpointing(self.position)
         self.logger = MetricsLogger(
-            self.output_dir, "rapo", enabled=self.accelerator.is_main_process, tensorboard=config.tensorboard
+            self.output_dir,
+            "rapo",
+            enabled=self.accelerator.is_main_process,
+            tensorboard="tensorboard" in config.report_to,
+            trackers=trackers,
         )
 
     def _prepare_reference(self, ref_model):

@@ -212,10 +212,12 @@ def run_sft(
     *,
     resume: bool = False,
     callbacks: Sequence[Any] = (),
+    trackers=None,
 ):
     """Fine-tune `model` on the cold-start `rows`; saves `<output_dir>/final` and returns the trainer.
 
     `callbacks`: extra `transformers.TrainerCallback`s (e.g. a step timer) after the JSONL logger.
+    `trackers`: the run's experiment trackers (`aesr1.train.trackers.Trackers`), if any.
     """
     from datasets import Dataset
     from trl import SFTConfig
@@ -246,7 +248,9 @@ def run_sft(
         save_strategy="steps",
         save_steps=config.save_steps,
         save_total_limit=None,  # ResumableSFTTrainer rotates complete checkpoints only
-        report_to=["tensorboard"] if config.tensorboard else [],
+        # MetricsLogger writes TensorBoard and feeds the trackers: trl's callbacks would name the
+        # same metric differently per service.
+        report_to=[],
         use_cpu=not on_gpu,
         bf16=on_gpu and dtype == "bfloat16",
         fp16=on_gpu and dtype == "float16",
@@ -265,9 +269,9 @@ def run_sft(
             for r in rows
         ]
     )
-    # transformers 5 reads the TensorBoard directory from the environment only.
-    os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(output_dir / "tensorboard" / "sft"))
-    logger = MetricsLogger(output_dir, "sft", enabled=True, tensorboard=False)
+    logger = MetricsLogger(
+        output_dir, "sft", enabled=True, tensorboard="tensorboard" in config.report_to, trackers=trackers
+    )
     trainer = resumable_trainer_class()(
         model=model,
         args=args,

@@ -58,23 +58,23 @@ def _installed(name: str) -> bool:
 
 
 def check_trackers_installed(names: Iterable[str]) -> None:
-    """ImportError naming the package of each requested service that is not installed."""
+    """ValueError naming the package of each requested service that is not installed."""
     for name in names:
         if name in _REQUIREMENTS and not _installed(name):
-            raise ImportError(
+            raise ValueError(
                 f"report_to {name}: the {name!r} package is not installed (pip install '{_REQUIREMENTS[name][1]}')"
             )
 
 
 def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested config values as dotted keys (`rapo.epsilon_high`), the form every tracker stores."""
+    """Nested config values as dotted keys (`rapo.epsilon_high`), the form trackers store and
+    `--resume` compares."""
     flat: dict[str, Any] = {}
     for key, value in values.items():
-        name = f"{prefix}{key}"
         if isinstance(value, dict):
-            flat.update(flatten(value, f"{name}."))
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
-            flat[name] = value if isinstance(value, (int, float, str, bool)) else str(value)
+            flat[f"{prefix}{key}"] = value
     return flat
 
 
@@ -106,7 +106,11 @@ class Trackers:
 
         PartialState()  # accelerate's trackers log through its state-aware logger
         check_trackers_installed(self.names)
-        flat = flatten(config_values)
+        # values the services cannot store (lists, None) as text
+        flat = {
+            k: v if isinstance(v, (int, float, str, bool)) else str(v)
+            for k, v in flatten(config_values).items()
+        }
         for name in self.names:
             if name == "wandb":
                 os.makedirs(self.output_dir, exist_ok=True)
