@@ -170,8 +170,17 @@ def test_a_cli_run_runs_preflight_once(tmp_path, monkeypatch):
     def stop(*args, **kwargs):
         raise Stop
 
+    import aesr1.train.config as config_module
+
     calls = _count_data_checks(monkeypatch)
+    validations = []
+    original = config_module.validate_config
+    monkeypatch.setattr(
+        config_module, "validate_config", lambda *a, **k: validations.append(a) or original(*a, **k)
+    )
     monkeypatch.setattr(data, "load_items", stop)  # the first heavy step of run_pipeline
     with pytest.raises(Stop):
-        main(["--output-dir", str(tmp_path / "run"), "--no-progress", "--set", "seed=12345"])
+        main(["--output-dir", str(tmp_path / "run"), "--no-progress", "--set", "seed=12345",
+              "--config", "table2_abs", "--set", "rapo.learning_rate=2e-6"])  # fmt: skip
     assert len(calls) == 1
+    assert len(validations) == 1  # not after the YAML, again after the flags, and in preflight

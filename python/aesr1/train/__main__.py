@@ -94,7 +94,8 @@ def build_config(args: argparse.Namespace):
 
     embedded = not any([args.config, args.model, args.data, args.cold_start])
     base = embedded_default() if embedded else TrainConfig()
-    config = load_config(args.config, base) if args.config else base
+    # Validated once, by preflight, with the process count: not after each step of building it.
+    config = load_config(args.config, base, validate=False) if args.config else base
     values: dict = {}
     if args.model:
         values.setdefault("model", {})["name_or_path"] = args.model
@@ -114,7 +115,7 @@ def build_config(args: argparse.Namespace):
         values["report_to"] = args.report_to
     for assignment in args.set:
         set_override(values, assignment)
-    return config_from_dict(values, config), embedded
+    return config_from_dict(values, config, validate=False), embedded
 
 
 def main(argv: list[str] | None = None, prog: str = PROG) -> int:

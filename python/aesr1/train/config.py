@@ -557,13 +557,18 @@ def _build(cls, values: dict[str, Any], prefix: str):
         raise ValueError(f"{prefix.rstrip('.')}: {error}" if prefix else str(error)) from None
 
 
-def config_from_dict(values: dict[str, Any], base: TrainConfig | None = None) -> TrainConfig:
+def config_from_dict(
+    values: dict[str, Any], base: TrainConfig | None = None, *, validate: bool = True
+) -> TrainConfig:
     """A `TrainConfig` from a nested mapping; keys absent from `values` keep `base`'s values.
-    Deprecated keys (`DEPRECATED_KEYS`) are read under their new names."""
+    Deprecated keys (`DEPRECATED_KEYS`) are read under their new names. Keys and types are always
+    checked; `validate=False` leaves `validate_config` to the caller (one that builds the config in
+    steps and validates the result once)."""
     current = rename_deprecated_keys(values or {})
     merged = _merge(base.to_dict() if base is not None else {}, current)
     config = _build(TrainConfig, merged, "")
-    validate_config(config)
+    if validate:
+        validate_config(config)
     return config
 
 
@@ -605,15 +610,16 @@ def read_config_values(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[s
     return values
 
 
-def load_config(path: str | Path, base: TrainConfig | None = None) -> TrainConfig:
+def load_config(path: str | Path, base: TrainConfig | None = None, *, validate: bool = True) -> TrainConfig:
     """Read a YAML config (a packaged name like ``appendix_c_qwen2_5_vl_7b`` or a file path).
 
     A top-level ``base: <config>`` inherits another config (packaged name or path relative to the
-    file); keys absent from every file keep `base`'s (default: Appendix C) values.
+    file); keys absent from every file keep `base`'s (default: Appendix C) values. `validate` as
+    for `config_from_dict`.
     """
     values = read_config_values(path)
     try:
-        return config_from_dict(values, base)
+        return config_from_dict(values, base, validate=validate)
     except (ValueError, TypeError) as error:
         raise type(error)(f"{resolve_config_path(path)}: {error}") from None
 
