@@ -336,68 +336,197 @@ fn radix_sort(keys: &mut Vec<u64>, order: &mut Vec<u32>) {
     }
 }
 
+/// The parallel form: one most-significant-digit pass splits the keys into up to 256 buckets
+/// (counted and scattered by chunks, in chunk order, so stably), then every bucket is finished
+/// independently by the sequential sort on the lower digits, large buckets split again first.
+/// The total work is that of the sequential sort plus about two reads and one copy, and the
+/// buckets are many independent tasks: a thread slowed by another process on its core leaves
+/// its share to the others instead of holding every pass up at a barrier.
 fn radix_sort_parallel(keys: &mut Vec<u64>, order: &mut Vec<u32>) {
-    const BITS: u32 = 8;
-    const BUCKETS: usize = 1 << BITS;
-    const PASSES: u32 = 64 / BITS;
-    let n = keys.len();
     let first = keys[0];
     let varying = keys
         .par_iter()
         .with_min_len(CHUNK)
         .map(|&k| k ^ first)
         .reduce(|| 0, |a, b| a | b);
-    let digit = |k: u64, shift: u32| ((k >> shift) as usize) & (BUCKETS - 1);
-    let mut next_keys = vec![0u64; n];
-    let mut next_order = vec![0u32; n];
-    for pass in 0..PASSES {
-        let shift = pass * BITS;
-        if digit(varying, shift) == 0 {
+    if varying == 0 {
+        return;
+    }
+    let top = (63 - varying.leading_zeros()) / RADIX_BITS;
+    let n = keys.len();
+    let mut scratch_keys = vec![0u64; n];
+    let mut scratch_order = vec![0u32; n];
+    let digit = |k: u64| ((k >> (top * RADIX_BITS)) as usize) & (RADIX_BUCKETS - 1);
+    // Per chunk and digit, the first slot the chunk writes: digits in order, and within a digit
+    // the chunks in order (which keeps the sort stable).
+    let mut slots: Vec<[usize; RADIX_BUCKETS]> = keys
+        .par_chunks(CHUNK)
+        .map(|chunk| {
+            let mut h = [0usize; RADIX_BUCKETS];
+            for &k in chunk {
+                h[digit(k)] += 1;
+            }
+            h
+        })
+        .collect();
+    let mut bucket_ends = [0usize; RADIX_BUCKETS];
+    let mut sum = 0;
+    for (d, end) in bucket_ends.iter_mut().enumerate() {
+        for h in slots.iter_mut() {
+            let here = h[d];
+            h[d] = sum;
+            sum += here;
+        }
+        *end = sum;
+    }
+    let (to_keys, to_order) = (
+        SharedMut::new(&mut scratch_keys),
+        SharedMut::new(&mut scratch_order),
+    );
+    keys.par_chunks(CHUNK)
+        .zip(order.par_chunks(CHUNK))
+        .zip(slots.par_iter_mut())
+        .for_each(|((ks, is), slot)| {
+            for (&k, &i) in ks.iter().zip(is) {
+                let d = digit(k);
+                let to = slot[d];
+                slot[d] += 1;
+                // SAFETY: a chunk's slots for digit d are the `count(chunk, d)` indices from its
+                // start above, disjoint from every other (chunk, digit) and below n; the buffers
+                // are not read until `for_each` returns.
+                unsafe {
+                    to_keys.write(to, k);
+                    to_order.write(to, i);
+                }
+            }
+        });
+    std::mem::swap(keys, &mut scratch_keys);
+    std::mem::swap(order, &mut scratch_order);
+    sort_buckets(
+        keys,
+        order,
+        &mut scratch_keys,
+        &mut scratch_order,
+        &bucket_ends,
+        top,
+    );
+}
+
+/// Buckets of at least this many keys are split on their next digit before being sorted.
+const SPLIT_BUCKET: usize = 1 << 16;
+
+/// Sorts each bucket `[end of the previous, end)` of `keys` (whose digits from `digit` up agree
+/// within a bucket) on its lower digits, the buckets in parallel; `scratch_*` have `keys`' length.
+fn sort_buckets(
+    keys: &mut [u64],
+    order: &mut [u32],
+    scratch_keys: &mut [u64],
+    scratch_order: &mut [u32],
+    bucket_ends: &[usize],
+    digit: u32,
+) {
+    let mut tasks = Vec::with_capacity(bucket_ends.len());
+    let (mut k, mut o, mut sk, mut so) = (keys, order, scratch_keys, scratch_order);
+    let mut start = 0;
+    for &end in bucket_ends {
+        let len = end - start;
+        let (k_head, k_tail) = std::mem::take(&mut k).split_at_mut(len);
+        let (o_head, o_tail) = std::mem::take(&mut o).split_at_mut(len);
+        let (sk_head, sk_tail) = std::mem::take(&mut sk).split_at_mut(len);
+        let (so_head, so_tail) = std::mem::take(&mut so).split_at_mut(len);
+        (k, o, sk, so) = (k_tail, o_tail, sk_tail, so_tail);
+        if len > 1 {
+            tasks.push((k_head, o_head, sk_head, so_head));
+        }
+        start = end;
+    }
+    tasks.into_par_iter().for_each(|(k, o, sk, so)| {
+        if digit == 0 {
+            return;
+        }
+        if k.len() < SPLIT_BUCKET {
+            radix_sort_lower_digits(k, o, sk, so, digit);
+            return;
+        }
+        let below = digit - 1;
+        let d = |key: u64| ((key >> (below * RADIX_BITS)) as usize) & (RADIX_BUCKETS - 1);
+        let mut ends = [0usize; RADIX_BUCKETS];
+        for &key in k.iter() {
+            ends[d(key)] += 1;
+        }
+        if ends.contains(&k.len()) {
+            // The same digit throughout: nothing to move.
+            sort_buckets(k, o, sk, so, &[k.len()], below);
+            return;
+        }
+        let mut next = [0usize; RADIX_BUCKETS];
+        let mut sum = 0;
+        for (slot, end) in next.iter_mut().zip(ends.iter_mut()) {
+            *slot = sum;
+            sum += *end;
+            *end = sum;
+        }
+        for (&key, &i) in k.iter().zip(o.iter()) {
+            let to = &mut next[d(key)];
+            sk[*to] = key;
+            so[*to] = i;
+            *to += 1;
+        }
+        k.copy_from_slice(sk);
+        o.copy_from_slice(so);
+        sort_buckets(k, o, sk, so, &ends, below);
+    });
+}
+
+const RADIX_BITS: u32 = 8;
+const RADIX_BUCKETS: usize = 1 << RADIX_BITS;
+
+/// The stable LSD radix sort of one bucket on its digits below `digit`, with scratch buffers of
+/// its length; the result is left in `keys` / `order`.
+fn radix_sort_lower_digits(
+    keys: &mut [u64],
+    order: &mut [u32],
+    scratch_keys: &mut [u64],
+    scratch_order: &mut [u32],
+    digit: u32,
+) {
+    let n = keys.len();
+    let passes = digit as usize;
+    let mut counts = vec![[0usize; RADIX_BUCKETS]; passes];
+    for &k in keys.iter() {
+        for (pass, c) in counts.iter_mut().enumerate() {
+            c[((k >> (pass as u32 * RADIX_BITS)) as usize) & (RADIX_BUCKETS - 1)] += 1;
+        }
+    }
+    let (mut from_keys, mut from_order, mut to_keys, mut to_order) =
+        (keys, order, scratch_keys, scratch_order);
+    let mut in_scratch = false;
+    for (pass, c) in counts.iter_mut().enumerate() {
+        if c.contains(&n) {
             continue;
         }
-        // Per chunk and digit, the first slot the chunk writes: digits in order, and within a
-        // digit the chunks in order (which keeps the sort stable).
-        let mut slots: Vec<[usize; BUCKETS]> = keys
-            .par_chunks(CHUNK)
-            .map(|chunk| {
-                let mut h = [0usize; BUCKETS];
-                for &k in chunk {
-                    h[digit(k, shift)] += 1;
-                }
-                h
-            })
-            .collect();
         let mut sum = 0;
-        for d in 0..BUCKETS {
-            for h in slots.iter_mut() {
-                let here = h[d];
-                h[d] = sum;
-                sum += here;
-            }
+        for slot in c.iter_mut() {
+            let here = *slot;
+            *slot = sum;
+            sum += here;
         }
-        let (to_keys, to_order) = (
-            SharedMut::new(&mut next_keys),
-            SharedMut::new(&mut next_order),
-        );
-        keys.par_chunks(CHUNK)
-            .zip(order.par_chunks(CHUNK))
-            .zip(slots.par_iter_mut())
-            .for_each(|((ks, is), slot)| {
-                for (&k, &i) in ks.iter().zip(is) {
-                    let d = digit(k, shift);
-                    let to = slot[d];
-                    slot[d] += 1;
-                    // SAFETY: a chunk's slots for digit d are the `count(chunk, d)` indices from
-                    // its start above, disjoint from every other (chunk, digit) and below n; the
-                    // buffers are not read until `for_each` returns.
-                    unsafe {
-                        to_keys.write(to, k);
-                        to_order.write(to, i);
-                    }
-                }
-            });
-        std::mem::swap(keys, &mut next_keys);
-        std::mem::swap(order, &mut next_order);
+        let shift = pass as u32 * RADIX_BITS;
+        for (&k, &i) in from_keys.iter().zip(from_order.iter()) {
+            let d = ((k >> shift) as usize) & (RADIX_BUCKETS - 1);
+            let to = c[d];
+            to_keys[to] = k;
+            to_order[to] = i;
+            c[d] += 1;
+        }
+        std::mem::swap(&mut from_keys, &mut to_keys);
+        std::mem::swap(&mut from_order, &mut to_order);
+        in_scratch = !in_scratch;
+    }
+    if in_scratch {
+        // `from_*` is the scratch now and `to_*` the caller's buffers.
+        to_keys.copy_from_slice(from_keys);
+        to_order.copy_from_slice(from_order);
     }
 }
 
@@ -724,6 +853,24 @@ mod tests {
             assert_eq!(k, expected_keys);
             assert_eq!(o, expected_order);
         }
+        // Few top digits: buckets larger than SPLIT_BUCKET are split again (twice here), with
+        // many equal keys to keep stable.
+        let skewed: Vec<u64> = (0..400_000u64)
+            .map(|i| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((i % 3) << 40) | ((state >> 60) << 24) | ((state >> 20) % 5000)
+            })
+            .collect();
+        let order: Vec<u32> = (0..skewed.len() as u32).collect();
+        let mut expected: Vec<(u64, u32)> = skewed.iter().copied().zip(0..).collect();
+        expected.sort();
+        let (expected_keys, expected_order): (Vec<u64>, Vec<u32>) = expected.into_iter().unzip();
+        let (mut k, mut o) = (skewed, order);
+        radix_sort_parallel(&mut k, &mut o);
+        assert_eq!(k, expected_keys);
+        assert_eq!(o, expected_order);
     }
 
     /// Tie runs longer than a chunk and crossing chunk borders, against a sequential reference.
