@@ -316,9 +316,8 @@ impl<T> SharedMut<T> {
 /// the scatter in cache), skipping passes whose digit is the same for every element (common for
 /// scores in [0, 1], whose top bits agree).
 ///
-/// Large inputs are sorted in parallel: each pass counts digits per chunk, and every chunk then
-/// scatters into its own slots of each bucket. The slots follow chunk order, so the result is
-/// that of the sequential sort whatever the number of threads.
+/// Large inputs are sorted in parallel (`radix_sort_parallel`); being stable, the result is that
+/// of the sequential sort whatever the number of threads.
 fn radix_sort(keys: &mut Vec<u64>, order: &mut Vec<u32>) {
     let n = keys.len();
     if n < 256 {
@@ -328,8 +327,8 @@ fn radix_sort(keys: &mut Vec<u64>, order: &mut Vec<u32>) {
         return;
     }
     if n < 4 * CHUNK || rayon::current_num_threads() == 1 {
-        // Counting digits again on every pass is the price of the parallel scatter: a fifth
-        // more memory traffic, which only pays with a second thread.
+        // The parallel form makes more passes over the keys (finding the varying digits, the
+        // split's count and scatter): that only pays with a second thread.
         radix_sort_sequential(keys, order);
     } else {
         radix_sort_parallel(keys, order);
@@ -490,9 +489,41 @@ fn radix_sort_lower_digits(
     scratch_order: &mut [u32],
     digit: u32,
 ) {
+    if lsd_passes(keys, order, scratch_keys, scratch_order, digit) {
+        keys.copy_from_slice(scratch_keys);
+        order.copy_from_slice(scratch_order);
+    }
+}
+
+/// `radix_sort` on one thread: all digit counts from one read of the keys.
+fn radix_sort_sequential(keys: &mut Vec<u64>, order: &mut Vec<u32>) {
     let n = keys.len();
-    let passes = digit as usize;
-    let mut counts = vec![[0usize; RADIX_BUCKETS]; passes];
+    let mut scratch_keys = vec![0u64; n];
+    let mut scratch_order = vec![0u32; n];
+    if lsd_passes(
+        keys,
+        order,
+        &mut scratch_keys,
+        &mut scratch_order,
+        64 / RADIX_BITS,
+    ) {
+        std::mem::swap(keys, &mut scratch_keys);
+        std::mem::swap(order, &mut scratch_order);
+    }
+}
+
+/// The LSD passes over the `digits` lowest digits, all counted in one read of the keys and each
+/// skipped when its digit is the same throughout; the buffers alternate between `keys` and
+/// `scratch_*`. True when the sorted data ended in `scratch_*`.
+fn lsd_passes(
+    keys: &mut [u64],
+    order: &mut [u32],
+    scratch_keys: &mut [u64],
+    scratch_order: &mut [u32],
+    digits: u32,
+) -> bool {
+    let n = keys.len();
+    let mut counts = vec![[0usize; RADIX_BUCKETS]; digits as usize];
     for &k in keys.iter() {
         for (pass, c) in counts.iter_mut().enumerate() {
             c[((k >> (pass as u32 * RADIX_BITS)) as usize) & (RADIX_BUCKETS - 1)] += 1;
@@ -523,48 +554,7 @@ fn radix_sort_lower_digits(
         std::mem::swap(&mut from_order, &mut to_order);
         in_scratch = !in_scratch;
     }
-    if in_scratch {
-        // `from_*` is the scratch now and `to_*` the caller's buffers.
-        to_keys.copy_from_slice(from_keys);
-        to_order.copy_from_slice(from_order);
-    }
-}
-
-/// `radix_sort` on one thread: all digit counts from one read of the keys.
-fn radix_sort_sequential(keys: &mut Vec<u64>, order: &mut Vec<u32>) {
-    const BITS: u32 = 8;
-    const BUCKETS: usize = 1 << BITS;
-    const PASSES: usize = 64 / BITS as usize;
-    let n = keys.len();
-    let mut counts = vec![[0usize; BUCKETS]; PASSES];
-    for &k in keys.iter() {
-        for (pass, c) in counts.iter_mut().enumerate() {
-            c[((k >> (pass as u32 * BITS)) as usize) & (BUCKETS - 1)] += 1;
-        }
-    }
-    let mut next_keys = vec![0u64; n];
-    let mut next_order = vec![0u32; n];
-    for (pass, c) in counts.iter_mut().enumerate() {
-        if c.contains(&n) {
-            continue;
-        }
-        let mut sum = 0;
-        for slot in c.iter_mut() {
-            let here = *slot;
-            *slot = sum;
-            sum += here;
-        }
-        let shift = pass as u32 * BITS;
-        for (&k, &i) in keys.iter().zip(order.iter()) {
-            let d = ((k >> shift) as usize) & (BUCKETS - 1);
-            let to = c[d];
-            next_keys[to] = k;
-            next_order[to] = i;
-            c[d] += 1;
-        }
-        std::mem::swap(keys, &mut next_keys);
-        std::mem::swap(order, &mut next_order);
-    }
+    in_scratch
 }
 
 /// Twice the average rank (1-based) of each element: ties share the mean of their ranks, and
