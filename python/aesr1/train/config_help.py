@@ -41,8 +41,7 @@ def attribute_help(cls: type) -> dict[str, str]:
 
     def close() -> None:
         if current:
-            sentence = " ".join(text).strip()
-            first = first_sentence(sentence)
+            first = first_sentence(" ".join(text))
             for name in current:
                 helps[name] = first
             current.clear()
@@ -57,8 +56,6 @@ def attribute_help(cls: type) -> dict[str, str]:
             text.append(match.group(3))
         elif line.strip() and current:
             text.append(line.strip())
-        elif not line.strip() and text:
-            continue
     close()
     return helps
 
