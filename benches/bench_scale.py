@@ -39,8 +39,8 @@ Methods:
   trl-grpo-static   trl `GRPOTrainer` without vLLM, `cache_implementation="static"`, its default fused
                     (chunked) LM-head log-probs, loss_type "grpo" (= Eq. 10's seq-mean-token-mean),
                     reward `aesr1.integrations.trl.RapoReward`, Liger layer kernels when `liger_kernel`
-                    is installed on CUDA (`--trl-liger`); trl 1.16 has no separate Liger GRPO loss any
-                    more (its fused LM head replaced it). Same ZeRO-3 dict via `GRPOConfig(deepspeed=)`.
+                    is installed on CUDA (`--trl-liger`); trl 1.16 has no separate Liger GRPO loss (its
+                    fused LM head computes the log-probs). Same ZeRO-3 dict via `GRPOConfig(deepspeed=)`.
   trl-grpo-dynamic  the same with the dynamic cache (trl's default); trl passes `disable_compile=True`,
                     so its static cache is not compiled and may well be the slower of the two. The
                     headline ratio is against the FASTER trl row (trl "at its best").
