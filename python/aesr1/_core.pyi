@@ -48,6 +48,12 @@ def rapo(
 def rank_reward(
     pred: F64, gt: F64, group_size: int | None, group_ids: I64 | None, gamma: float, ties: str
 ) -> F64: ...
+def preference_probability(mu_a: F64, std_a: F64, mu_b: F64, std_b: F64, gamma: float) -> F64:
+    """FRank preference probability of paper Eq. 3 per pair, P(A more aesthetic than B) =
+    Φ((μ_A − μ_B) / sqrt(σ_A² + σ_B² + γ)); the Φ of the rank reward, computed by the same code.
+    ValueError for unequal lengths, a non-finite μ, a negative or non-finite σ, γ < 0, or
+    σ_A² + σ_B² + γ that is 0 (division by zero) or overflows."""
+
 def abs_reward(pred: F64, gt: F64, sigma: float, eps: float) -> F64: ...
 def binary_reward(pred: F64, gt: F64, threshold: float) -> F64: ...
 def group_advantages(rewards: F64, group_size: int | None, group_ids: I64 | None) -> F64:

@@ -55,6 +55,13 @@ pub enum Error {
         index: usize,
         value: f64,
     },
+    /// A denominator is zero although every argument is valid on its own.
+    #[error("`{arg}`: {what} is 0 at index {index}, a division by zero (make `{arg}` > 0)")]
+    ZeroDivisor {
+        arg: &'static str,
+        what: &'static str,
+        index: usize,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -70,7 +77,8 @@ impl Error {
             | Error::Parameter { arg, .. }
             | Error::TooFew { arg, .. }
             | Error::Groups { arg, .. }
-            | Error::Overflow { arg, .. } => arg,
+            | Error::Overflow { arg, .. }
+            | Error::ZeroDivisor { arg, .. } => arg,
         }
     }
 }

@@ -3,6 +3,8 @@
 //! * RAPO rewards of the Aes-R1 paper (§3.3): rank reward (Eq. 3–5), absolute error reward
 //!   (Eq. 6), binary reward (Eq. 13), format reward, weighted total (Eq. 7) and group-relative
 //!   advantages (Eq. 9): [`rewards`], [`rank`].
+//! * The FRank preference probability of Eq. 3, P(A more aesthetic than B) from two images' score
+//!   means and standard deviations: [`preference_probability`].
 //! * Score parsing of `<answer>…</answer>` completions: [`parse`].
 //! * Evaluation metrics PLCC, SRCC and Kendall's tau-b: [`metrics`].
 //! * The normal distribution function Φ used by the rank reward: [`normal`].
@@ -27,7 +29,7 @@ pub use groups::Groups;
 pub use metrics::{evaluate, krcc, plcc, srcc, Correlations, NanPolicy};
 pub use normal::ndtr;
 pub use parse::{format_ok, format_rewards, parse_score, parse_scores};
-pub use rank::{group_stats, GroupStats, Ties};
+pub use rank::{group_stats, preference_probability, GroupStats, Ties};
 pub use rewards::{
     abs_reward, binary_reward, group_advantages, rank_reward, rapo, RapoOutput, RewardConfig,
     Weights,

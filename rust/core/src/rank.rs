@@ -17,11 +17,15 @@
 //!
 //! Cost is O(N²K). Images are processed in parallel, but each completion's sum over partners runs
 //! on one thread in a fixed order, so results are bit-identical for any number of threads.
+//!
+//! [`preference_probability`] evaluates Eq. 3 on its own, P(A more aesthetic than B) from two
+//! images' means and standard deviations, with the same code as the reward.
 
 use rayon::prelude::*;
 
+use crate::error::{Error, Result};
 use crate::groups::Groups;
-use crate::normal::{ndtr_pair, phi};
+use crate::normal::{ndtr, ndtr_pair, phi};
 use crate::simd::{Lanes8, Portable8};
 
 /// How Eq. 5 treats two images with equal ground truth.
@@ -116,6 +120,130 @@ impl Partners {
     }
 }
 
+/// 1 / sqrt(σ_i² + σ_j² + γ), the scale of Eq. 3's argument. The rank kernels compute the same
+/// reciprocal eight lanes at a time with the same operations, so scalar and vector paths agree
+/// bit for bit.
+#[inline]
+pub(crate) fn inv_spread(var_i: f64, var_j: f64, gamma: f64) -> f64 {
+    1.0 / (var_i + var_j + gamma).sqrt()
+}
+
+/// The argument of Φ in Eq. 3, (o − μ_j) · inv_spread.
+#[inline]
+pub(crate) fn eq3_argument(o: f64, mu_j: f64, inv_spread: f64) -> f64 {
+    (o - mu_j) * inv_spread
+}
+
+/// Below this many pairs waking the thread pool costs more than evaluating them on one thread.
+const PREFERENCE_SEQUENTIAL_BELOW: usize = 1 << 14;
+
+/// The FRank preference probability of paper Eq. 3 for each pair (A, B):
+///
+/// ```text
+/// P(A more aesthetic than B) = Φ((μ_A − μ_B) / sqrt(σ_A² + σ_B² + γ))
+/// ```
+///
+/// the probability that s_A − s_B > 0 when each score is Gaussian, s ~ N(μ, σ²), and γ keeps the
+/// denominator positive (Eq. 3 with o_ik replaced by the image's mean μ_i). It is the Φ of the
+/// rank reward (Eq. 4), computed by the same code: for two images with one prediction each
+/// (σ = 0) it is the reward's Φ bit for bit. P(A, B) + P(B, A) = 1 up to one rounding, and the
+/// small tail keeps full relative accuracy.
+///
+/// All four slices hold one value per pair (an empty batch gives an empty result). Errors, before
+/// any work: `gamma` not finite or negative; a slice whose length differs from `mu_a`'s; a μ not
+/// finite; a σ not finite or negative; σ_A² + σ_B² + γ infinite ([`Error::Overflow`]) or zero
+/// ([`Error::ZeroDivisor`]: σ_A = σ_B = 0, or squares that underflow, with γ = 0).
+pub fn preference_probability(
+    mu_a: &[f64],
+    std_a: &[f64],
+    mu_b: &[f64],
+    std_b: &[f64],
+    gamma: f64,
+) -> Result<Vec<f64>> {
+    if !(gamma.is_finite() && gamma >= 0.0) {
+        return Err(Error::Parameter {
+            arg: "gamma",
+            value: gamma,
+            requirement: "must be a finite number >= 0",
+        });
+    }
+    let n = mu_a.len();
+    for (arg, values) in [("std_a", std_a), ("mu_b", mu_b), ("std_b", std_b)] {
+        if values.len() != n {
+            return Err(Error::Length {
+                arg,
+                got: values.len(),
+                expected: n,
+                why: "one value per pair, as in `mu_a`",
+            });
+        }
+    }
+    for (arg, values) in [("mu_a", mu_a), ("mu_b", mu_b)] {
+        if let Some(index) = values.iter().position(|v| !v.is_finite()) {
+            return Err(Error::NonFinite {
+                arg,
+                index,
+                value: values[index],
+            });
+        }
+    }
+    for (arg, values) in [("std_a", std_a), ("std_b", std_b)] {
+        for (index, &value) in values.iter().enumerate() {
+            if !value.is_finite() {
+                return Err(Error::NonFinite { arg, index, value });
+            }
+            if value < 0.0 {
+                return Err(Error::OutOfRange {
+                    arg,
+                    index,
+                    value,
+                    range: "[0, inf)",
+                });
+            }
+        }
+    }
+    // Checked on the computed sum, not on the inputs: a tiny nonzero σ squares to 0 and a huge
+    // one to infinity, and either would turn Φ's argument into NaN.
+    let variances = |i: usize| (std_a[i] * std_a[i], std_b[i] * std_b[i]);
+    for index in 0..n {
+        let (var_a, var_b) = variances(index);
+        let total = var_a + var_b + gamma;
+        if total.is_infinite() {
+            return Err(Error::Overflow {
+                arg: if var_a.is_infinite() {
+                    "std_a"
+                } else {
+                    "std_b"
+                },
+                what: "std_a² + std_b² + gamma",
+                index,
+                value: total,
+            });
+        }
+        if total == 0.0 {
+            return Err(Error::ZeroDivisor {
+                arg: "gamma",
+                what: "std_a² + std_b² + gamma",
+                index,
+            });
+        }
+    }
+    let one = |i: usize| {
+        let (var_a, var_b) = variances(i);
+        ndtr(eq3_argument(
+            mu_a[i],
+            mu_b[i],
+            inv_spread(var_a, var_b, gamma),
+        ))
+    };
+    // Each value depends on its own pair only, so splitting the batch changes no bits.
+    Ok(if n < PREFERENCE_SEQUENTIAL_BELOW {
+        (0..n).map(one).collect()
+    } else {
+        (0..n).into_par_iter().map(one).collect()
+    })
+}
+
 /// Rank reward of every completion, in grouped order. `gt` holds one ground truth per group.
 pub(crate) fn rank_reward_grouped(
     grouped: &[f64],
@@ -202,9 +330,11 @@ fn rank_row(
         let key = v + 0.0;
         *o = sums[distinct.partition_point(|d| d.total_cmp(&key).is_lt())];
         for &p in &tied {
-            let (p_ij, q_ij) = ndtr_pair(
-                (v - partners.mean[p]) * (1.0 / (var_i + partners.var[p] + gamma).sqrt()),
-            );
+            let (p_ij, q_ij) = ndtr_pair(eq3_argument(
+                v,
+                partners.mean[p],
+                inv_spread(var_i, partners.var[p], gamma),
+            ));
             *o += (0.5 * p_ij).sqrt() + (0.5 * q_ij).sqrt();
         }
         *o /= count as f64;
@@ -289,6 +419,7 @@ impl Row<'_> {
                     L::load(t, p.gt.as_ptr().add(8 * c)),
                 )
             };
+            // The vector form of `inv_spread`: the same operations in the same order.
             let inv = splat(1.0).div(var_i.add(var_j).add(gamma).sqrt());
             let signed = L::select(gt_i.ge(gt_j), inv, inv.mul(splat(-1.0)));
             scale[8 * c..8 * c + 8].copy_from_slice(&signed.to_array());
@@ -357,7 +488,7 @@ impl Row<'_> {
     }
 }
 
-/// sqrt(Φ((o − m) · s)) per lane. A function, not a closure: closures cannot be forced inline,
+/// sqrt(Φ((o − m) · s)) per lane: `eq3_argument` on vectors. A function, not a closure: closures cannot be forced inline,
 /// and an out-of-line body would lose the caller's target features.
 #[inline(always)]
 fn sqrt_phi_term<L: Lanes8>(o: L, m: L, s: L) -> L {

@@ -264,6 +264,25 @@ fn rank_reward<'py>(
     Ok(vec_to_py(py, out?))
 }
 
+/// FRank preference probability (Eq. 3) per pair: Φ((μ_A − μ_B) / sqrt(σ_A² + σ_B² + γ)).
+#[pyfunction]
+fn preference_probability<'py>(
+    py: Python<'py>,
+    mu_a: PyReadonlyArray1<'py, f64>,
+    std_a: PyReadonlyArray1<'py, f64>,
+    mu_b: PyReadonlyArray1<'py, f64>,
+    std_b: PyReadonlyArray1<'py, f64>,
+    gamma: f64,
+) -> PyResult<Bound<'py, PyArray1<f64>>> {
+    let (mu_a, std_a) = (slice("mu_a", &mu_a)?, slice("std_a", &std_a)?);
+    let (mu_b, std_b) = (slice("mu_b", &mu_b)?, slice("std_b", &std_b)?);
+    let out = detached(py, || {
+        core::preference_probability(mu_a, std_a, mu_b, std_b, gamma)
+    })
+    .map_err(CoreError)?;
+    Ok(vec_to_py(py, out))
+}
+
 /// Absolute error reward (Eq. 6), element-wise.
 #[pyfunction]
 fn abs_reward<'py>(
@@ -405,6 +424,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(parse_completions, m)?)?;
     m.add_function(wrap_pyfunction!(rapo, m)?)?;
     m.add_function(wrap_pyfunction!(rank_reward, m)?)?;
+    m.add_function(wrap_pyfunction!(preference_probability, m)?)?;
     m.add_function(wrap_pyfunction!(abs_reward, m)?)?;
     m.add_function(wrap_pyfunction!(binary_reward, m)?)?;
     m.add_function(wrap_pyfunction!(group_advantages, m)?)?;
