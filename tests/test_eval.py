@@ -273,8 +273,15 @@ def test_compare_puts_results_side_by_side(tmp_path, trees):
 
 
 def test_config_validation():
-    with pytest.raises(ValueError, match="num_samples > 1 needs sampling"):
-        EvalConfig(num_samples=4)
+    with pytest.raises(ValueError, match="num_samples must be 1"):
+        EvalConfig(mode="greedy", num_samples=4)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        EvalConfig(mode="average")
+    with pytest.raises(ValueError, match="unknown preset"):
+        EvalConfig(preset="q-align-v9")
+    sample = EvalConfig(num_samples=4)  # sampling settings alone mean sample mode, at the preset's T
+    assert (sample.mode, sample.num_samples, sample.temperature) == ("sample", 4, 1.0)
+    assert EvalConfig(mode="expected").generation_fingerprint()["mode"] == "expected"
     with pytest.raises(ValueError, match="batch_size"):
         EvalConfig(batch_size=0)
     with pytest.raises(ValueError, match="split"):
@@ -368,7 +375,7 @@ def test_cli_killed_midway_resumes_without_recomputing(tmp_path, tiny_model_dir)
 
     rerun = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env(), cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr
-    assert f"8 images, {len(done)} cached, {8 - len(done)} to generate" in rerun.stderr
+    assert f"8 images, {len(done)} cached, {8 - len(done)} to predict" in rerun.stderr
     after = cache.read_text().splitlines()
     assert after[: len(before)] == before  # cached predictions untouched
     ids = [json.loads(line)["id"] for line in after[1:]]

@@ -9,15 +9,18 @@ import subprocess
 import sys
 
 import pytest
+from conftest import OVERFIT_TARGET
 from fixtures_data import write_garbage, write_image
 from PIL import Image
 
 from aesr1.score import Scorer, critique_of, expand_images, summary
 
-TARGET = "<think>Warm light and bold colour.</think><answer>0.72</answer>"
+TARGET = OVERFIT_TARGET
 
 
 class Scripted:
+    """Answers call c's image i with answers[10 c + i] (calls counted from 1)."""
+
     def __init__(self, answers):
         self.answers, self.batches = answers, []
 
@@ -40,22 +43,26 @@ def test_scorer_with_scripted_completions(tmp_path):
     bad = write_garbage(tmp_path / "bad.jpg")
     answers = {
         10: ["<think>a</think><answer>0.20</answer>", "<think>b</think><answer>0.40</answer>"],
-        11: ["garbled", "<think>c</think><answer>0.90</answer>"],
-        20: ["garbled", "also garbled"],
-        30: ["<think>d</think><answer>0.55</answer>", "<think>e</think><answer>1.70</answer>"],
+        20: ["garbled", "<think>c</think><answer>0.90</answer>"],
+        30: ["garbled", "also garbled"],
+        40: ["<think>d</think><answer>0.55</answer>", "<think>e</think><answer>1.70</answer>"],
     }
     scripted = Scripted(answers)
     scorer = Scorer(predictor=scripted, num_samples=2, temperature=1.0, batch_size=2)
+    assert scorer.mode == "sample"
     pil = Image.new("RGB", (16, 16), (1, 2, 3))
     results = scorer([tmp_path / "photos", bad, pil])
-    # batches of 2 inputs; the unreadable file is never sent, so the second call gets one image
-    assert scripted.batches == [2, 1, 1]
+    # sample mode draws each image's samples in a call of its own (a per-image seed); the
+    # unreadable file is never sent
+    assert scripted.batches == [1, 1, 1, 1]
     assert [r.image for r in results] == [str(tmp_path / "photos" / f"{i}.jpg") for i in range(3)] + [
         str(bad),
         "<PIL image 4>",
     ]
     first, second, third, unreadable, in_memory = results
     assert first.score == pytest.approx(0.30) and first.critique == "a" and first.parse_failures == 0
+    assert first.std == pytest.approx(0.10) and first.median == pytest.approx(0.30)
+    assert first.mode == "sample" and first.scale.name == "0-1" and first.to_dict()["scale"] == "0-1"
     assert second.score == pytest.approx(0.90) and second.critique == "c" and second.scores == [None, 0.9]
     assert third.score is None and third.parse_failures == 2 and third.critique == "garbled"
     assert unreadable.error and unreadable.score is None and unreadable.completions == []
@@ -75,8 +82,8 @@ def test_scorer_bad_arguments(tmp_path):
         Scorer()
     with pytest.raises(TypeError, match="processor must be given"):
         Scorer(object())
-    with pytest.raises(ValueError, match="num_samples > 1 needs sampling"):
-        Scorer(predictor=lambda images, k: [], num_samples=3)
+    with pytest.raises(ValueError, match="num_samples must be 1"):
+        Scorer(predictor=lambda images, k: [], mode="greedy", num_samples=3)
     with pytest.raises(FileNotFoundError, match="nowhere.jpg"):
         Scorer(predictor=lambda images, k: [])(tmp_path / "nowhere.jpg")
     with pytest.raises(FileNotFoundError, match="config.json"):
@@ -84,33 +91,6 @@ def test_scorer_bad_arguments(tmp_path):
     write_image(tmp_path / "x.png")
     with pytest.raises(ValueError, match="predictor returned 0 results for 1 images"):
         Scorer(predictor=lambda images, k: [])(tmp_path / "x.png")
-
-
-@pytest.fixture(scope="module")
-def overfit_model_dir(tmp_path_factory):
-    """The tiny random model after a few dozen SFT steps on one critique: it then answers TARGET."""
-    import torch
-
-    from aesr1.generation import generate_completions
-    from aesr1.modeling.chat import build_inputs, model_inputs
-    from aesr1.modeling.tiny import build_tiny_model
-
-    model, processor = build_tiny_model(seed=0)
-    image = Image.new("RGB", (56, 56), (230, 200, 40))
-    batch = build_inputs(processor, [image], completions=[TARGET])
-    optimiser = torch.optim.AdamW(model.parameters(), lr=5e-3)
-    model.train()
-    for _ in range(45):
-        loss = model(**model_inputs(batch), labels=batch["labels"]).loss
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-    model.eval()
-    assert generate_completions(model, processor, [image], max_new_tokens=24, do_sample=False) == [[TARGET]]
-    path = tmp_path_factory.mktemp("overfit-model")
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
 
 
 def run_cli(*args, cwd):

@@ -51,12 +51,21 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         dest="output",
         default=None,
     )
-    parser.add_argument("--samples", type=int, default=defaults.num_samples, help="completions per image; "
-                        "the score is their parsed mean (default: %(default)s)")  # fmt: skip
-    parser.add_argument("--temperature", type=float, default=defaults.temperature,
-                        help="sampling temperature; 0 = greedy (default: %(default)s)")  # fmt: skip
-    parser.add_argument("--top-p", type=float, default=defaults.top_p)
-    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
+    from aesr1.score.modes import SCORE_MODES
+
+    parser.add_argument(
+        "--mode", choices=SCORE_MODES, help="greedy (one greedy answer), sample (mean of --samples "
+        "answers) or expected (expected answer from the digit probabilities); default: sample when "
+        "--temperature > 0 or --samples > 1, else greedy",
+    )  # fmt: skip
+    parser.add_argument("--preset", default=defaults.preset, help="prompt and answer format "
+                        "(aesr1, visualquality-r1, ...; default: %(default)s)")  # fmt: skip
+    parser.add_argument(
+        "--samples", type=int, help="sample mode: completions per image (default: 4, as RAPO)"
+    )
+    parser.add_argument("--temperature", type=float, help="sample mode: temperature (default: 1.0, as RAPO)")
+    parser.add_argument("--top-p", type=float)
+    parser.add_argument("--max-new-tokens", type=int, help="completion cap (default: the preset's, 1024)")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--seed", type=int, default=defaults.seed, help="sampling and 9:1 split seed")
     parser.add_argument("--limit", type=int, help="evaluate only the first N images of each dataset")
@@ -128,6 +137,8 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
             data=data_spec(args),
             output_dir=args.output_dir or args.output or str(Path("aesr1-eval") / Path(args.model).name),
             split=args.split,
+            mode=args.mode,
+            preset=args.preset,
             num_samples=args.samples,
             temperature=args.temperature,
             top_p=args.top_p,

@@ -32,9 +32,12 @@ class Prediction:
         id: image id within the dataset.
         image: image path.
         gt: ground-truth score on [0, 1].
-        completions: the sampled completions.
+        completions: the generated completions.
         scores: parsed score of each completion (None where unparseable).
-        pred: mean of the parseable scores, None when none parsed.
+        pred: the score mode's prediction on [0, 1] (the greedy answer, the mean of the parseable
+            samples, or the expected answer), None when there is none.
+        std: its uncertainty (std of the samples or of the expected mode's answer distribution),
+            None for greedy.
     """
 
     dataset: str
@@ -44,6 +47,7 @@ class Prediction:
     completions: list[str]
     scores: list[float | None]
     pred: float | None
+    std: float | None = None
 
     @property
     def key(self) -> tuple[str, str]:

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from aesr1.data.files import IMAGE_CHECKS
 from aesr1.data.splits import SPLITS
-from aesr1.eval.predictor import check_generation
 from aesr1.modeling.loading import check_dtype
-from aesr1.prompts import SCORING_PROMPT
 
 
 @dataclass
@@ -22,8 +19,11 @@ class EvalConfig:
         data: dataset spec, ``name:root`` entries separated by commas (see `aesr1.data.parse_data_spec`).
         output_dir: where the prediction cache, results (JSON + Markdown) and plots go.
         split: dataset split to evaluate ("test": the official or seeded 9:1 test split).
-        num_samples: completions sampled per image; the image's score is the mean of the parseable ones.
-        temperature: sampling temperature; 0 decodes greedily (then `num_samples` must be 1).
+        mode: score mode, "greedy", "sample" or "expected" (`aesr1.score.modes`); None: "sample" when
+            `temperature` > 0 or `num_samples` > 1, else "greedy". Resolved at construction.
+        preset: prompt and answer format (`aesr1.score.presets`); scores are evaluated on [0, 1].
+        num_samples: sample mode: completions per image (default 4, as RAPO); 1 otherwise.
+        temperature: sample mode: temperature (default 1.0, as RAPO); 0 otherwise.
         top_p: nucleus sampling mass when sampling.
         max_new_tokens: completion length cap (Appendix C: 1024).
         batch_size: images per generation call; predictions are appended to the cache after each call.
@@ -42,10 +42,12 @@ class EvalConfig:
     data: str | None = None
     output_dir: str = "aesr1-eval"
     split: str = "test"
-    num_samples: int = 1
-    temperature: float = 0.0
-    top_p: float = 1.0
-    max_new_tokens: int = 1024
+    mode: str | None = None
+    preset: str = "aesr1"
+    num_samples: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    max_new_tokens: int | None = None
     batch_size: int = 8
     seed: int = 0
     limit: int | None = None
@@ -62,12 +64,21 @@ class EvalConfig:
             raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
-        check_generation(
-            temperature=self.temperature,
-            top_p=self.top_p,
-            max_new_tokens=self.max_new_tokens,
-            num_samples=self.num_samples,
+        from aesr1.score.modes import ModeSettings
+        from aesr1.score.presets import get_preset
+
+        preset = get_preset(self.preset)
+        settings = ModeSettings.resolve(
+            self.mode, num_samples=self.num_samples, temperature=self.temperature, top_p=self.top_p,
+            max_new_tokens=preset.max_new_tokens if self.max_new_tokens is None else self.max_new_tokens,
+            seed=self.seed, preset=preset,
+        )  # fmt: skip
+        self.mode, self.num_samples, self.temperature = (
+            settings.mode,
+            settings.num_samples,
+            settings.temperature,
         )
+        self.top_p, self.max_new_tokens = settings.top_p, settings.max_new_tokens
         check_dtype(self.dtype)
         if not isinstance(self.device, str) or not self.device:
             raise ValueError(
@@ -86,17 +97,32 @@ class EvalConfig:
             return self.name
         return Path(self.model).name if self.model else "model"
 
+    @property
+    def settings(self):
+        """The score mode and its generation settings (`aesr1.score.modes.ModeSettings`)."""
+        from aesr1.score.modes import ModeSettings
+
+        return ModeSettings(
+            self.mode, self.num_samples, self.temperature, self.top_p, self.max_new_tokens, self.seed
+        )
+
     def generation_fingerprint(self) -> dict:
         """The settings that change predictions: a cache made with others is not reused."""
+        from aesr1.score.presets import get_preset
+        from aesr1.score.provenance import prompt_sha256
+
+        preset = get_preset(self.preset)
         return {
             "model": str(Path(self.model).resolve()) if self.model else self.model_name,
             "split": self.split,
+            "mode": self.mode,
+            "preset": preset.name,
             "num_samples": self.num_samples,
             "temperature": self.temperature,
             "top_p": self.top_p,
             "max_new_tokens": self.max_new_tokens,
             "seed": self.seed,
-            "prompt_sha256": hashlib.sha256(SCORING_PROMPT.encode()).hexdigest()[:16],
+            "prompt_sha256": prompt_sha256(preset.prompt, preset.system_prompt),
         }
 
     def to_dict(self) -> dict:

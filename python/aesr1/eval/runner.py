@@ -14,14 +14,15 @@ from aesr1.data.images import ImageError, model_image
 from aesr1.data.records import ScoredImage
 from aesr1.data.registry import canonical_name, display_name, parse_data_spec
 from aesr1.data.report import LoadedDataset
-from aesr1.eval.aggregate import parsed_scores
 from aesr1.eval.cache import Prediction, PredictionCache
 from aesr1.eval.config import EvalConfig
 from aesr1.eval.correlation import correlations
-from aesr1.eval.predictor import ModelPredictor, Predictor, check_predictions, resolve_device
+from aesr1.eval.predictor import ModelPredictor, Predictor, resolve_device
 from aesr1.eval.results import DatasetResult, EvalResult
 from aesr1.eval.table import report_markdown
 from aesr1.jsonio import check_writable, naming, write_json, write_text
+from aesr1.score.modes import ModeRunner, image_key
+from aesr1.score.presets import get_preset
 
 logger = logging.getLogger(__name__)
 
@@ -61,15 +62,17 @@ def _generate_dataset(
     label: str,
     items: Sequence[ScoredImage],
     cache: PredictionCache,
-    predictor: Predictor,
+    runner: ModeRunner,
     config: EvalConfig,
     progress: bool,
 ) -> list[tuple[str, str]]:
-    """Generates predictions for the items not in the cache; returns (path, reason) of the images that
-    could not be given to the model (unreadable, or a size the image processor rejects)."""
+    """Predicts the items not in the cache; returns (path, reason) of the images that could not be
+    given to the model (unreadable, or a size the image processor rejects)."""
     todo = [item for item in items if (label, item.id) not in cache]
     cached = len(items) - len(todo)
-    logger.info("%s: %d images, %d cached, %d to generate", label, len(items), cached, len(todo))
+    logger.info(
+        "%s: %d images, %d cached, %d to predict (%s)", label, len(items), cached, len(todo), config.mode
+    )
     bar = None
     if progress and todo:
         from tqdm.auto import tqdm
@@ -85,17 +88,11 @@ def _generate_dataset(
             except ImageError as error:  # one bad file never stops the run
                 logger.warning("%s: skipped: %s", item.image, error.reason)
                 unreadable.append((item.image, error.reason))
-        if kept:
-            if hasattr(predictor, "key"):
-                predictor.key = f"{label}/{kept[0].id}/{kept[-1].id}/{len(kept)}"
-            completions = check_predictions(
-                predictor(images, config.num_samples), len(kept), config.num_samples
-            )
-            scores = parsed_scores(completions)
-            cache.add(
-                Prediction.from_scores(label, item.id, item.image, item.score, samples, row.tolist())
-                for item, samples, row in zip(kept, completions, scores, strict=True)
-            )
+        predictions = runner(images, [image_key(image) for image in images])
+        cache.add(
+            Prediction(label, item.id, item.image, float(item.score), p.completions, p.scores, p.score, p.std)
+            for item, p in zip(kept, predictions, strict=True)
+        )
         if bar is not None:
             bar.update(len(batch))
     if bar is not None:
@@ -172,7 +169,8 @@ def run_evaluation(
 
     Predictions are appended to ``output_dir/predictions.jsonl`` after every batch; a rerun with the
     same settings skips the images already there (resume after a kill). `datasets` ({label: records})
-    replaces loading `config.data`; `predictor(images, num_samples) -> completions` replaces the model.
+    replaces loading `config.data`; `predictor(images, num_samples) -> completions` replaces the model
+    (greedy and sample modes). Each image is predicted in `config.mode` (`aesr1.score.modes`).
 
     An image that cannot be read or that the image processor would reject is skipped, logged and
     listed in skipped.json; the others are evaluated. Settings, the model directory, the device and
@@ -196,6 +194,7 @@ def run_evaluation(
             label: LoadedDataset(items[: config.limit], report=getattr(items, "report", None))
             for label, items in loaded.items()
         }
+    preset = get_preset(config.preset)
     if predictor is None:
         predictor = ModelPredictor.from_pretrained(
             config.model,
@@ -205,13 +204,18 @@ def run_evaluation(
             top_p=config.top_p,
             max_new_tokens=config.max_new_tokens,
             seed=config.seed,
+            prompt=preset.prompt,
         )
+    runner = ModeRunner(
+        config.settings, predictor, preset,
+        model=getattr(predictor, "model", None), processor=getattr(predictor, "processor", None),
+    )  # fmt: skip
     cache = PredictionCache(output / CACHE_FILE, config.generation_fingerprint(), overwrite=config.overwrite)
 
     results: dict[str, DatasetResult] = {}
     skipped: dict[str, Any] = {}
     for label, items in loaded.items():
-        unreadable = _generate_dataset(label, items, cache, predictor, config, progress)
+        unreadable = _generate_dataset(label, items, cache, runner, config, progress)
         result, pred, gt = summarise(label, items, cache, unreadable)
         results[label] = result
         report = getattr(items, "report", None)

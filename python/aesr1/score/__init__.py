@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from aesr1.data.images import ImageError, model_image
-from aesr1.eval.aggregate import mean_scores, parsed_scores
-from aesr1.eval.predictor import ModelPredictor, Predictor, check_generation, check_predictions
+from aesr1.eval.predictor import ModelPredictor, Predictor
+from aesr1.score.modes import ImagePrediction, ModeRunner, ModeSettings, image_key
+from aesr1.score.provenance import model_revision, prompt_sha256
+from aesr1.score.scales import UNIT, Scale
 
 #: File suffixes taken from folders.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
@@ -63,12 +63,24 @@ class ScoreResult:
 
     Attributes:
         image: path (or "<PIL image i>" for in-memory images).
-        score: mean of the parseable sampled scores on [0, 1]; None when none parsed or the image failed.
+        score: the mode's score on `scale`: the greedy answer, the mean of the parseable samples, or
+            the expected answer; None when nothing parsed or the image failed.
         critique: the reasoning of the first parseable completion (else of the first completion).
-        completions: all sampled completions; scores: their parsed scores (None = unparseable).
+        completions: the generated completions; scores: their parsed answers on `scale` (None =
+            unparseable).
         error: why the image was not given to the model, else None: an unreadable file, not a
             regular file, over PIL's decompression-bomb limit, empty, or a size the image processor
             rejects (aspect ratio over 200). Such an image has score None and no completions.
+        std: uncertainty on `scale`: std of the samples (sample mode) or of the answer distribution
+            (expected mode); None for greedy.
+        median: median of the parseable samples (sample mode).
+        mode: "greedy", "sample" or "expected".
+        scale: the scale of `score`, `std`, `median` and `scores`.
+        distribution: expected mode: probability of each answer string (as the model writes it,
+            on the preset's answer scale).
+        model, revision: the model directory and `aesr1.score.provenance.model_revision` of it.
+        preset, prompt_sha256: the prompt preset and the hash of its prompt.
+        note: why `score` is None for an image that was read (no answer parsed, no answer tag).
     """
 
     image: str
@@ -77,15 +89,43 @@ class ScoreResult:
     completions: list[str] = field(default_factory=list)
     scores: list[float | None] = field(default_factory=list)
     error: str | None = None
+    std: float | None = None
+    median: float | None = None
+    mode: str = "greedy"
+    scale: Scale = UNIT
+    distribution: dict[str, float] | None = None
+    model: str | None = None
+    revision: str | None = None
+    preset: str = "aesr1"
+    prompt_sha256: str | None = None
+    note: str | None = None
 
     @property
     def parse_failures(self) -> int:
         return sum(score is None for score in self.scores)
 
     def to_dict(self) -> dict:
-        data = asdict(self)
-        data["parse_failures"] = self.parse_failures
-        return data
+        """The JSON row: every number comes with the scale it is on."""
+        return {
+            "image": self.image,
+            "score": self.score,
+            "std": self.std,
+            "median": self.median,
+            "scale": self.scale.name,
+            "mode": self.mode,
+            "samples": len(self.completions),
+            "parse_failures": self.parse_failures,
+            "critique": self.critique,
+            "model": self.model,
+            "revision": self.revision,
+            "preset": self.preset,
+            "prompt_sha256": self.prompt_sha256,
+            "error": self.error,
+            "note": self.note,
+            "completions": self.completions,
+            "scores": self.scores,
+            "distribution": self.distribution,
+        }
 
 
 def expand_images(inputs: str | os.PathLike | Iterable[Any], recursive: bool = False) -> list[Any]:
@@ -132,7 +172,7 @@ def summary(results: Sequence[ScoreResult]) -> dict[str, int]:
 
 
 class Scorer:
-    """Scores images with a vision-language model: critique and score per image, batched.
+    """Scores images with a vision-language model: critique, score and uncertainty per image.
 
     A bad image never raises, also when it is the only one: its result carries `error` (and score
     None) and the other images are scored. Bad arguments raise ValueError/TypeError before a model
@@ -141,12 +181,18 @@ class Scorer:
     Args:
         model: a local model directory, or a loaded model (then give `processor`).
         processor: the model's processor when `model` is an object.
-        num_samples: completions per image; the score is the mean of the parseable ones.
-        temperature: 0 decodes greedily (default); > 0 samples.
-        top_p, max_new_tokens, seed: generation settings (Appendix C caps completions at 1024 tokens).
-        batch_size: images per `generate` call.
+        mode: "greedy", "sample" or "expected" (`aesr1.score.modes`); default: "sample" when
+            `temperature` > 0 or `num_samples` > 1, else "greedy".
+        preset: prompt, answer parser and answer scale (`aesr1.score.presets`, default "aesr1").
+        scale: the scale of the results, "lo-hi" (default: the preset's answer scale, 0-1 for
+            "aesr1"); scores map linearly from the native [0, 1].
+        num_samples, temperature, top_p: sample mode settings (default: the RAPO rollout's).
+        max_new_tokens: completion cap (default: the preset's; Appendix C: 1024).
+        batch_size: images per `generate` call (greedy and expected modes).
+        seed: with each image's pixels, the seed of its samples.
         device, dtype: where and how to load a model directory ("auto": CUDA when available).
-        predictor: a callable `(images, num_samples) -> completions` used instead of a model.
+        predictor: a callable `(images, num_samples) -> completions` used instead of a model
+            (greedy and sample modes).
     """
 
     def __init__(
@@ -154,35 +200,91 @@ class Scorer:
         model: str | os.PathLike | Any = None,
         processor: Any = None,
         *,
-        num_samples: int = 1,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        max_new_tokens: int = 1024,
+        mode: str | None = None,
+        preset: str | Any = "aesr1",
+        scale: str | Scale | None = None,
+        num_samples: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        max_new_tokens: int | None = None,
         batch_size: int = 8,
         seed: int = 0,
         device: str = "auto",
         dtype: str | None = None,
         predictor: Predictor | None = None,
     ):
+        from aesr1.score.presets import get_preset
+
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        check_generation(
-            temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, num_samples=num_samples
-        )
-        self.num_samples, self.batch_size = num_samples, batch_size
-        settings = dict(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
+        self.preset = get_preset(preset)
+        self.scale = self.preset.scale if scale is None else Scale.parse(scale)
+        self.settings = ModeSettings.resolve(
+            mode, num_samples=num_samples, temperature=temperature, top_p=top_p,
+            max_new_tokens=self.preset.max_new_tokens if max_new_tokens is None else max_new_tokens,
+            seed=seed, preset=self.preset,
+        )  # fmt: skip
+        if self.preset.system_prompt is not None:
+            raise ValueError(
+                f"preset {self.preset.name!r} has a system prompt, which the scoring chat builder does not send"
+            )
+        if self.settings.mode == "expected" and predictor is not None:
+            raise ValueError(
+                "mode 'expected' reads the model's digit probabilities: give a model, not a predictor"
+            )
+        self.batch_size = batch_size
+        self.num_samples = self.settings.num_samples
+        self.model_path: str | None = None
+        generation = dict(
+            temperature=self.settings.temperature, top_p=self.settings.top_p,
+            max_new_tokens=self.settings.max_new_tokens, seed=seed, prompt=self.preset.prompt,
+        )  # fmt: skip
         if predictor is not None:
             self.predictor = predictor
         elif isinstance(model, (str, os.PathLike)):
+            self.model_path = str(model)
             self.predictor = ModelPredictor.from_pretrained(
-                str(model), device=device, dtype=dtype, **settings
+                str(model), device=device, dtype=dtype, **generation
             )
         elif model is not None:
             if processor is None:
                 raise TypeError("processor must be given with a model object (or pass a model directory)")
-            self.predictor = ModelPredictor(model, processor, **settings)
+            self.predictor = ModelPredictor(model, processor, **generation)
         else:
             raise TypeError("model must be a model directory or a model object (or give predictor=)")
+        self.runner = ModeRunner(
+            self.settings, self.predictor, self.preset,
+            model=getattr(self.predictor, "model", None), processor=getattr(self.predictor, "processor", None),
+        )  # fmt: skip
+        self.revision = model_revision(self.model_path)
+        self.prompt_sha256 = prompt_sha256(self.preset.prompt, self.preset.system_prompt)
+
+    @property
+    def mode(self) -> str:
+        return self.settings.mode
+
+    def _result(self, name: str, prediction: ImagePrediction) -> ScoreResult:
+        to_scale, spread = self.scale.from_unit, self.scale.spread_from_unit
+        scores = [to_scale(value) for value in prediction.scores]
+        first_ok = next((i for i, v in enumerate(scores) if v is not None), 0)
+        return ScoreResult(
+            image=name,
+            score=to_scale(prediction.score),
+            critique=critique_of(prediction.completions[first_ok]) if prediction.completions else "",
+            completions=prediction.completions,
+            scores=scores,
+            std=spread(prediction.std),
+            median=to_scale(prediction.median),
+            note=prediction.note,
+            distribution=prediction.distribution,
+            **self._provenance(),
+        )
+
+    def _provenance(self) -> dict[str, Any]:
+        return dict(
+            mode=self.mode, scale=self.scale, model=self.model_path, revision=self.revision,
+            preset=self.preset.name, prompt_sha256=self.prompt_sha256,
+        )  # fmt: skip
 
     def score(
         self, images: str | os.PathLike | Iterable[Any], *, recursive: bool = False, progress: bool = False
@@ -195,7 +297,7 @@ class Scorer:
         if progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(entries), desc="score", unit="img")
+            bar = tqdm(total=len(entries), desc=f"score ({self.mode})", unit="img")
         for start in range(0, len(entries), self.batch_size):
             opened, positions = [], []
             for position in range(start, min(start + self.batch_size, len(entries))):
@@ -204,25 +306,12 @@ class Scorer:
                     opened.append(model_image(entry, _name(entry, position)))
                     positions.append(position)
                 except ImageError as error:
-                    results[position] = ScoreResult(_name(entry, position), None, "", error=error.reason)
-            if opened:
-                if hasattr(self.predictor, "key"):
-                    self.predictor.key = f"score/{start}"
-                completions = check_predictions(
-                    self.predictor(opened, self.num_samples), len(opened), self.num_samples
-                )
-                parsed = parsed_scores(completions)
-                means = mean_scores(parsed)
-                for position, samples, row, mean in zip(positions, completions, parsed, means, strict=True):
-                    scores = [None if np.isnan(v) else float(v) for v in row]
-                    first_ok = next((i for i, v in enumerate(scores) if v is not None), 0)
                     results[position] = ScoreResult(
-                        image=_name(entries[position], position),
-                        score=None if np.isnan(mean) else float(mean),
-                        critique=critique_of(samples[first_ok]),
-                        completions=samples,
-                        scores=scores,
+                        _name(entry, position), None, "", error=error.reason, **self._provenance()
                     )
+            predictions = self.runner(opened, [image_key(image) for image in opened])
+            for position, prediction in zip(positions, predictions, strict=True):
+                results[position] = self._result(_name(entries[position], position), prediction)
             if bar is not None:
                 bar.update(min(self.batch_size, len(entries) - start))
         if bar is not None:
@@ -232,4 +321,4 @@ class Scorer:
     __call__ = score
 
 
-__all__ = ["IMAGE_SUFFIXES", "ScoreResult", "Scorer", "critique_of", "expand_images", "summary"]
+__all__ = ["IMAGE_SUFFIXES", "Scale", "ScoreResult", "Scorer", "critique_of", "expand_images", "summary"]

@@ -15,25 +15,73 @@ from aesr1.jsonio import os_error_message
 PROG = "python -m aesr1.score"
 
 
-def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog, description="Critique and aesthetic score (0-1) of each image."
-    )
-    parser.add_argument("images", nargs="+", help="image files and/or folders of images")
+def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that choose how images are scored; `score`, `compare` and `rank` share them."""
+    from aesr1.score.modes import SCORE_MODES
+
     parser.add_argument("--model", required=True, help="local model directory (Qwen2.5-VL style)")
-    parser.add_argument("--jsonl", action="store_true", help="print one JSON object per image")
-    parser.add_argument("--samples", type=int, default=1, help="completions per image; score = parsed mean")
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--max-new-tokens", type=int, default=1024)
+    parser.add_argument(
+        "--mode", choices=SCORE_MODES, help="greedy (one greedy answer), sample (mean ± std of --samples "
+        "answers) or expected (expected answer ± std from the digit probabilities); default: sample "
+        "when --temperature > 0 or --samples > 1, else greedy",
+    )  # fmt: skip
+    parser.add_argument("--preset", default="aesr1", help="prompt and answer format (default: %(default)s)")
+    parser.add_argument(
+        "--scale", help="report scores on lo-hi, e.g. 1-5 or 1-10 (default: the preset's, 0-1)"
+    )
+    parser.add_argument(
+        "--samples", type=int, help="sample mode: completions per image (default: 4, as RAPO)"
+    )
+    parser.add_argument("--temperature", type=float, help="sample mode: temperature (default: 1.0, as RAPO)")
+    parser.add_argument("--top-p", type=float)
+    parser.add_argument("--max-new-tokens", type=int, help="completion cap (default: the preset's, 1024)")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--recursive", action="store_true", help="also take images in sub-folders")
+    parser.add_argument("--seed", type=int, default=0, help="with each image's pixels, its sampling seed")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_deprecated_alias(parser, "--quiet", "--no-progress", dest="no_progress", switch=True)
+
+
+def scorer_from_args(args: argparse.Namespace):
+    """The `Scorer` the scoring flags describe (raises ValueError/TypeError/FileNotFoundError)."""
+    from aesr1.score import Scorer
+
+    return Scorer(
+        args.model,
+        mode=args.mode,
+        preset=args.preset,
+        scale=args.scale,
+        num_samples=args.samples,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=args.device,
+        dtype=args.dtype,
+    )
+
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Critique and aesthetic score of each image. Also: "
+        f"'{prog} compare A B' (P(A more aesthetic than B)) and '{prog} rank FOLDER' (ranking and contact sheet).",
+    )
+    parser.add_argument("images", nargs="+", help="image files and/or folders of images")
+    parser.add_argument("--jsonl", action="store_true", help="print one JSON object per image")
+    parser.add_argument("--recursive", action="store_true", help="also take images in sub-folders")
+    add_scoring_arguments(parser)
     return parser
+
+
+def _number(value: float, scale) -> str:
+    """Two decimals on a 0-1 wide scale, one more for each tenfold narrower one."""
+    import math
+
+    decimals = max(0, 2 - math.floor(math.log10(scale.width)))
+    return f"{value:.{decimals}f}"
 
 
 def print_table(results) -> None:
@@ -41,7 +89,11 @@ def print_table(results) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title="Aesthetic scores", show_lines=True)
+    first = results[0] if results else None
+    title = (
+        "Aesthetic scores" if first is None else f"Aesthetic scores ({first.mode}, scale {first.scale.name})"
+    )
+    table = Table(title=title, show_lines=True)
     table.add_column("Image", overflow="fold")
     table.add_column("Score", justify="right")
     table.add_column("Critique", overflow="fold")
@@ -51,30 +103,28 @@ def print_table(results) -> None:
         elif result.score is None:
             score, critique = "[yellow]unparseable[/yellow]", result.critique
         else:
-            score, critique = f"{result.score:.2f}", result.critique
+            score, critique = _number(result.score, result.scale), result.critique
+            if result.std is not None:
+                score += f" ± {_number(result.std, result.scale)}"
         table.add_row(result.image, score, critique)
     Console(soft_wrap=False).print(table)
 
 
 def main(argv: list[str] | None = None, prog: str = PROG) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in ("compare", "rank"):
+        from aesr1.score import commands
+
+        command = commands.compare_main if argv[0] == "compare" else commands.rank_main
+        return command(argv[1:], f"{prog} {argv[0]}")
     args = build_parser(prog).parse_args(argv)
-    from aesr1.score import Scorer, expand_images, summary
+    from aesr1.score import expand_images, summary
 
     try:
         images = expand_images(args.images, args.recursive)
         if not images:
-            raise ValueError(f"no images found in {args.images}")
-        scorer = Scorer(
-            args.model,
-            num_samples=args.samples,
-            temperature=args.temperature,
-            top_p=args.top_p,
-            max_new_tokens=args.max_new_tokens,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            device=args.device,
-            dtype=args.dtype,
-        )
+            raise ValueError(f"no images found in {', '.join(args.images)}")
+        scorer = scorer_from_args(args)
     except (ValueError, TypeError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
