@@ -30,6 +30,7 @@ from aesr1.eval import (
     table1,
 )
 from aesr1.eval.cache import CacheMismatchError, Prediction
+from aesr1.score.provenance import prompt_sha256
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -381,3 +382,47 @@ def test_cli_killed_midway_resumes_without_recomputing(tmp_path, tiny_model_dir)
     ids = [json.loads(line)["id"] for line in after[1:]]
     assert len(ids) == 8 and sorted(ids) == sorted(set(ids))
     assert json.loads((out / "results.json").read_text())["datasets"]["csv"]["completions"] == 8
+
+
+def test_preset_answers_are_parsed_on_their_scale_and_failures_counted(tmp_path, trees):
+    """visualquality-r1 answers on 1-5; evaluation maps them to [0, 1] and never invents a score for
+    an answer it cannot read (the released code draws a random one)."""
+    from aesr1.score.presets import get_preset
+
+    items = trees["para"]
+    script = {}
+    for index, item in enumerate(items):
+        answer = f"<think>ok</think><answer>{1 + 4 * item.score:.2f}</answer>"
+        script[item.image] = ["no number here" if index == 0 else answer]
+    config = EvalConfig(output_dir=str(tmp_path / "out"), preset="visualquality-r1", plots=False, name="vq")
+    result = run_evaluation(config, datasets={"para": items}, predictor=Scripted(script), progress=False)
+    got = result.datasets["para"]
+    assert (got.scored, got.unscored, got.parse_failures) == (len(items) - 1, 1, 1)
+    cached = [json.loads(line) for line in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
+    preset = get_preset("visualquality-r1")
+    assert cached[0]["meta"]["preset"] == "visualquality-r1"
+    assert cached[0]["meta"]["prompt_sha256"] == prompt_sha256(preset.prompt)
+    by_id = {row["id"]: row for row in cached[1:]}
+    for item in items[1:]:  # pred on [0, 1] again, up to the 2-decimal rounding of the 1-5 answer
+        assert by_id[item.id]["pred"] == pytest.approx(item.score, abs=0.5 / 400 + 1e-12)
+    assert by_id[items[0].id]["pred"] is None
+
+
+@pytest.mark.filterwarnings("ignore:An input is constant")
+def test_preset_evaluation_runs_on_a_fixture_tree_with_a_tiny_model(tmp_path, tiny_model_dir, capsys):
+    from aesr1.eval.__main__ import main
+
+    build_aadb(tmp_path / "data" / "AADB", counts=(1, 1, 3))
+    out = tmp_path / "out"
+    code = main(["--model", str(tiny_model_dir), "--datasets", "aadb", "--root", str(tmp_path / "data"),
+                 "--preset", "visualquality-r1", "--mode", "greedy", "--output-dir", str(out),
+                 "--max-new-tokens", "8", "--no-plots", "--no-progress"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    assert "| Model | AADB PLCC | AADB SRCC |" in capsys.readouterr().out
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["config"]["preset"] == "visualquality-r1" and saved["config"]["mode"] == "greedy"
+    dataset = saved["datasets"]["aadb"]
+    assert dataset["completions"] == 3 and dataset["parse_failures"] + dataset["scored"] == 3
+    assert main(["--model", str(tiny_model_dir), "--datasets", "aadb", "--root", str(tmp_path / "data"),
+                 "--preset", "q-align"]) == 2  # fmt: skip
+    assert "q-align" in capsys.readouterr().err
