@@ -212,3 +212,24 @@ def test_expected_mode_is_independent_of_batching(overfit_model_dir):
         assert sum(result.distribution.values()) == pytest.approx(1.0, abs=1e-9)
         assert len(result.completions) == len(result.scores) == 1  # the greedy answer beside it
     assert len({round(r.score, 9) for r in alone}) > 1  # the distribution does depend on the image
+
+
+def test_cli_names_bad_input_before_loading_a_model(tmp_path, capsys):
+    from fixtures_data import write_image
+
+    from aesr1.score.__main__ import main
+
+    (tmp_path / "empty").mkdir()
+    image = write_image(tmp_path / "a.png")
+    model = str(tmp_path / "no-model-here")  # never loaded: every case fails first
+    cases = [
+        ([str(tmp_path / "empty")], "no images found in"),
+        ([str(image), "--scale", "5-1"], "'5-1': the low end must be below the high end"),
+        ([str(image), "--scale", "1..5"], "'1..5' is not 'lo-hi'"),
+        ([str(image), "--preset", "aesthetic-9000"], "aesthetic-9000"),
+        ([str(image), "--mode", "greedy", "--samples", "3"], "num_samples must be 1"),
+        ([str(tmp_path / "missing.jpg")], "missing.jpg"),
+    ]
+    for args, message in cases:
+        assert main([*args, "--model", model, "--no-progress"]) == 2, args
+        assert message in capsys.readouterr().err, args

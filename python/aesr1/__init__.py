@@ -6,7 +6,7 @@ import torch/transformers lazily and live behind the `aesr1[train]` extra.
 
 from aesr1._core import __version__
 
-__all__ = ["Scorer", "__version__"]
+__all__ = ["Scorer", "__version__", "compare"]
 
 
 def __getattr__(name: str):
@@ -15,4 +15,8 @@ def __getattr__(name: str):
         from aesr1.score import Scorer
 
         return Scorer
+    if name == "compare":
+        from aesr1.score.compare import compare
+
+        return compare
     raise AttributeError(f"module 'aesr1' has no attribute {name!r}")
