@@ -1,11 +1,13 @@
 """`aesr1.Scorer`: the critique and the aesthetic score of images from a model, in Python.
 
-    scorer = Scorer("path/to/model")            # or Scorer(model, processor)
+    scorer = Scorer("path/to/model", mode="expected", scale="1-10")   # or Scorer(model, processor)
     for result in scorer(["a.jpg", "photos/"]):
-        print(result.score, result.critique)
+        print(result.score, result.std, result.scale.name, result.critique)
 
-Same prompt, batching, parsing and failure accounting as `python -m aesr1.eval`; the command line is
-`python -m aesr1.score <images or folders> --model <dir>`.
+Score modes (`greedy`, `sample`, `expected`) are described in `aesr1.score.modes`, scales in
+`aesr1.score.scales`, prompt presets of released checkpoints in `aesr1.score.presets`, comparisons
+and rankings in `aesr1.score.compare` and `aesr1.score.ranking`. Same prompt, modes, parsing and
+failure accounting as `aesr1 eval`; the command line is `aesr1 score <images or folders> --model <dir>`.
 """
 
 from __future__ import annotations
