@@ -7,7 +7,6 @@ import copy
 import importlib.util
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -134,7 +133,6 @@ def test_zero3_rapo_step_in_two_processes_equals_the_step_without_deepspeed(tmp_
     out.mkdir()
     env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", TRITON_INTERPRET="0",
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")  # fmt: skip
-    assert shutil.which("ninja", path=env["PATH"]), "DeepSpeed's CPU backend JIT-builds an op with ninja"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                "--master_port", str(_free_port()), str(WORKER), str(out), str(ds_json), "1" if fused else "0"]  # fmt: skip
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)

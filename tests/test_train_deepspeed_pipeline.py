@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from test_train_deepspeed import _free_port
 
+GLOO_ALLREDUCE = Path(__file__).parent / "workers" / "gloo_allreduce.py"
+
 
 @pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="DeepSpeed is an optional extra")
 def test_pipeline_runs_both_stages_under_zero3_in_two_processes_and_resumes(tmp_path):
@@ -30,7 +32,7 @@ def test_pipeline_runs_both_stages_under_zero3_in_two_processes_and_resumes(tmp_
 
     def launch(*extra: str) -> subprocess.CompletedProcess:
         command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                   str(_free_port()), "-m", "aesr1.train", "--data", "synthetic", "--output-dir", str(out),
+                   str(_free_port()), str(GLOO_ALLREDUCE), "-m", "aesr1.train", "--data", "synthetic", "--output-dir", str(out),
                    "--deepspeed", "zero3", "--no-progress", *[a for s in sets for a in ("--set", s)], *extra]  # fmt: skip
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]

@@ -37,6 +37,10 @@ def rapo_values(out_dir: str, fused: bool) -> dict:
 
 def main(out_dir: str, ds_json: str, fused: bool) -> None:
     torch.set_num_threads(1)
+    sys.path.insert(0, os.path.dirname(__file__))
+    from gloo_allreduce import use_gloo_allreduce
+
+    use_gloo_allreduce()
     torch.optim.AdamW = PlainSGD  # RAPOTrainer builds `torch.optim.AdamW`
     from accelerate.state import PartialState
 
