@@ -126,5 +126,11 @@ def test_score_cli_on_tiny_model_prints_critique_and_score(tmp_path, overfit_mod
     assert main([str(tmp_path / "photos" / "0.png"), *common]) == 0
     table = capsys.readouterr().out
     assert "0.72" in table and "Warm light and bold" in table and "Critique" in table
+    assert main([str(tmp_path / "photos" / "0.png"), "--csv", "--scale", "1-5", *common]) == 0
+    import csv
+
+    rows = list(csv.DictReader(capsys.readouterr().out.splitlines()))
+    assert len(rows) == 1 and rows[0]["scale"] == "1-5" and rows[0]["mode"] == "greedy"
+    assert float(rows[0]["score"]) == pytest.approx(1 + 4 * 0.72) and rows[0]["revision"]
     assert main([str(tmp_path / "nope.png"), *common]) == 2
     assert "nope.png" in capsys.readouterr().err

@@ -117,6 +117,7 @@ class EvalConfig:
             "split": self.split,
             "mode": self.mode,
             "preset": preset.name,
+            "scale": "0-1",  # of `pred` and `std` in the cache, whatever the preset's answer scale
             "num_samples": self.num_samples,
             "temperature": self.temperature,
             "top_p": self.top_p,

@@ -1,6 +1,7 @@
 """`aesr1 score <images or folders> --model <dir>` (or `python -m aesr1.score ...`): a critique and a
-score per image, as a readable table (default) or JSON lines (`--jsonl`), with a summary of failures
-on stderr."""
+score per image, as a readable table (default), JSON lines (`--jsonl`) or CSV (`--csv`), with a
+summary of failures on stderr. `aesr1 score compare A B` and `aesr1 score rank FOLDER`: see
+`aesr1.score.commands`."""
 
 from __future__ import annotations
 
@@ -70,10 +71,26 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         f"'{prog} compare A B' (P(A more aesthetic than B)) and '{prog} rank FOLDER' (ranking and contact sheet).",
     )
     parser.add_argument("images", nargs="+", help="image files and/or folders of images")
-    parser.add_argument("--jsonl", action="store_true", help="print one JSON object per image")
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--jsonl", action="store_true", help="print one JSON object per image")
+    output.add_argument("--csv", action="store_true", help="print CSV, one row per image (no completions)")
     parser.add_argument("--recursive", action="store_true", help="also take images in sub-folders")
     add_scoring_arguments(parser)
     return parser
+
+
+#: CSV columns: the JSONL row's scalar fields.
+CSV_COLUMNS = ("image", "score", "std", "median", "scale", "mode", "samples", "parse_failures", "error",
+               "note", "model", "revision", "preset", "prompt_sha256", "critique")  # fmt: skip
+
+
+def print_csv(results) -> None:
+    import csv
+
+    writer = csv.DictWriter(sys.stdout, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for result in results:
+        writer.writerow(result.to_dict())
 
 
 def _number(value: float, scale) -> str:
@@ -136,6 +153,8 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
         if args.jsonl:
             for result in results:
                 print(json.dumps(result.to_dict(), ensure_ascii=False))
+        elif args.csv:
+            print_csv(results)
         else:
             print_table(results)
         sys.stdout.flush()
@@ -146,7 +165,7 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     except OSError as error:
         print(f"error: writing the results to standard output: {os_error_message(error)}", file=sys.stderr)
         return 1
-    if args.jsonl:  # the table shows them; JSON lines often go to a file
+    if args.jsonl or args.csv:  # the table shows them; JSON lines and CSV often go to a file
         for result in results:
             if result.error:
                 print(f"skipped {result.image}: {result.error}", file=sys.stderr)
