@@ -2,7 +2,8 @@
 
 Line 1 holds the generation settings (``{"meta": {...}}``); every further line one image's prediction.
 Records are appended, flushed and fsynced after each generation batch, so a kill loses at most the
-batch in flight; a line torn by the kill is dropped when the cache is reopened.
+batch in flight; a line torn by the kill is dropped when the cache is reopened. `AppendLog` is that
+file format for any kind of record (`aesr1.score.bulk` keeps its part files with it).
 """
 
 from __future__ import annotations
@@ -66,17 +67,44 @@ class Prediction:
         return cls(dataset, id, image, float(gt), list(completions), clean, pred)
 
 
-class CacheMismatchError(ValueError):
-    """The cache on disk was written with other generation settings."""
+class LogMismatchError(ValueError):
+    """An append-only log on disk was written with other settings than the run that opens it."""
 
 
-class PredictionCache:
-    """Predictions on disk keyed by (dataset, id); `add` appends and syncs a batch of records."""
+#: The name the evaluation's error has always had.
+CacheMismatchError = LogMismatchError
+
+
+def check_meta(path: str | Path, stored: dict, meta: dict, contents: str, remedy: str) -> None:
+    """Raise `LogMismatchError` naming each setting that differs between `stored` and `meta`."""
+    if stored == meta:
+        return
+    changed = sorted(k for k in set(stored) | set(meta) if stored.get(k) != meta.get(k))
+    raise LogMismatchError(
+        f"{path} holds {contents} made with other settings ({', '.join(changed)}: "
+        f"{ {k: stored.get(k) for k in changed} } vs { {k: meta.get(k) for k in changed} }); {remedy}"
+    )
+
+
+class AppendLog:
+    """An append-only JSONL file of records made with the settings in its first line.
+
+    Opening it creates the file with ``{"meta": meta}`` as line 1, or reads it back: a torn last line
+    (no newline: the writer was killed mid-write) is cut off, settings other than `meta` raise
+    `LogMismatchError`, and every complete record line is handed to `_take`. `append` writes records,
+    flushes and fsyncs, so a kill loses at most the batch in flight.
+
+    Subclasses name what they hold: `contents` and `kind` for messages, `remedy` for the mismatch
+    error's advice.
+    """
+
+    contents = "records"
+    kind = "aesr1 log"
+    remedy = "use another file"
 
     def __init__(self, path: str | Path, meta: dict, overwrite: bool = False):
         self.path = Path(path)
         self.meta = meta
-        self.records: dict[tuple[str, str], Prediction] = {}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if overwrite and self.path.exists():
             self.path.unlink()
@@ -100,25 +128,18 @@ class PredictionCache:
         try:
             stored = json.loads(complete[0])["meta"]
         except (json.JSONDecodeError, KeyError, TypeError) as error:
-            raise CacheMismatchError(
-                f"{self.path} is not an aesr1 prediction cache (no meta line)"
-            ) from error
-        if stored != self.meta:
-            changed = sorted(k for k in set(stored) | set(self.meta) if stored.get(k) != self.meta.get(k))
-            raise CacheMismatchError(
-                f"{self.path} holds predictions made with other settings ({', '.join(changed)}: "
-                f"{ {k: stored.get(k) for k in changed} } vs { {k: self.meta.get(k) for k in changed} }); "
-                "use another output directory or --overwrite"
-            )
+            raise LogMismatchError(f"{self.path} is not an {self.kind} (no meta line)") from error
+        check_meta(self.path, stored, self.meta, self.contents, self.remedy)
         for number, line in enumerate(complete[1:], start=2):
             if not line.strip():
                 continue
             try:
-                record = Prediction(**json.loads(line))
-            except (json.JSONDecodeError, TypeError) as error:
+                self._take(json.loads(line))
+            except (json.JSONDecodeError, TypeError, KeyError, ValueError) as error:
                 logger.warning("skipping unreadable line %d of %s: %s", number, self.path, error)
-                continue
-            self.records[record.key] = record
+
+    def _take(self, record: dict) -> None:
+        """Keep one record read back from the file; raise TypeError/KeyError/ValueError to skip it."""
 
     def _write_lines(self, lines: Iterable[str], truncate: bool = False) -> None:
         # A full disk can leave a torn last line; reopening drops it, so a rerun recomputes that batch.
@@ -127,6 +148,26 @@ class PredictionCache:
                 handle.write(line + "\n")
             handle.flush()
             os.fsync(handle.fileno())
+
+    def append(self, records: Iterable[dict]) -> None:
+        """Append `records` (JSON objects, non-ASCII kept) and sync them to disk."""
+        self._write_lines(json.dumps(record, ensure_ascii=False) for record in records)
+
+
+class PredictionCache(AppendLog):
+    """Predictions on disk keyed by (dataset, id); `add` appends and syncs a batch of records."""
+
+    contents = "predictions"
+    kind = "aesr1 prediction cache"
+    remedy = "use another output directory or --overwrite"
+
+    def __init__(self, path: str | Path, meta: dict, overwrite: bool = False):
+        self.records: dict[tuple[str, str], Prediction] = {}
+        super().__init__(path, meta, overwrite)
+
+    def _take(self, record: dict) -> None:
+        prediction = Prediction(**record)
+        self.records[prediction.key] = prediction
 
     def __contains__(self, key: tuple[str, str]) -> bool:
         return key in self.records
@@ -139,6 +180,6 @@ class PredictionCache:
 
     def add(self, predictions: Iterable[Prediction]) -> None:
         predictions = list(predictions)
-        self._write_lines(json.dumps(asdict(p), ensure_ascii=False) for p in predictions)
+        self.append(asdict(p) for p in predictions)
         for prediction in predictions:
             self.records[prediction.key] = prediction
