@@ -19,7 +19,7 @@ import os
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 
 def json_safe(value: Any) -> Any:
@@ -60,8 +60,11 @@ def _renamed(error: OSError, path: str | os.PathLike) -> OSError:
     return OSError(error.errno, error.strerror, os.fspath(path))
 
 
-def write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write `text` to `path` through a temporary file in the same folder renamed over it."""
+@contextlib.contextmanager
+def replacing(path: str | os.PathLike) -> Iterator[TextIO]:
+    """A text stream whose contents replace `path` whole when the block ends without an error: it
+    writes a temporary file in the same folder, syncs it and renames it over `path` (removed on
+    error, so `path` keeps its previous version)."""
     path = Path(path)
     try:
         handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -70,7 +73,7 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     with naming(path):
         try:
             with os.fdopen(handle, "w", encoding="utf-8") as stream:
-                stream.write(text)
+                yield stream
                 stream.flush()
                 os.fsync(stream.fileno())
             os.replace(temporary, path)
@@ -78,7 +81,13 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
             with contextlib.suppress(OSError):
                 os.unlink(temporary)
             raise
-    return path
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` to `path` through a temporary file in the same folder renamed over it."""
+    with replacing(path) as stream:
+        stream.write(text)
+    return Path(path)
 
 
 def write_json(path: str | os.PathLike, value: Any, *, indent: int | None = 2, **kwargs: Any) -> Path:
