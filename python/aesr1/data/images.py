@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import stat
 import struct
-from typing import Any
+from typing import Any, BinaryIO
 
 #: What PIL raises for a file it cannot read: unidentified or truncated data (OSError), corrupt
 #: headers and chunks (ValueError, SyntaxError, EOFError, struct.error).
@@ -94,8 +94,6 @@ def open_image(path: str | os.PathLike):
     Only regular files are read (opening a FIFO blocks until someone writes to it); PIL's
     decompression-bomb limit (`PIL.Image.MAX_IMAGE_PIXELS`) applies. Raises `ImageError`.
     """
-    from PIL import Image
-
     name = os.fspath(path)
     try:
         mode = os.stat(name).st_mode
@@ -103,8 +101,16 @@ def open_image(path: str | os.PathLike):
         raise ImageError(name, error.strerror or str(error)) from None
     if not stat.S_ISREG(mode):
         raise ImageError(name, f"not a regular file ({_file_kind(mode)})")
+    return decode_image(name, name)
+
+
+def decode_image(source: str | os.PathLike | BinaryIO, name: str):
+    """The image in `source` (a path or a binary stream, e.g. a tar member's bytes) as 8-bit RGB with
+    `name` in ``info["path"]``; PIL's decompression-bomb limit applies. Raises `ImageError`."""
+    from PIL import Image
+
     try:
-        with Image.open(name) as image:
+        with Image.open(source) as image:
             rgb = to_rgb(image)
     except Image.DecompressionBombError as error:
         raise ImageError(name, f"too large to decode safely: {error}") from None
