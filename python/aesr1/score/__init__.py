@@ -173,6 +173,35 @@ def summary(results: Sequence[ScoreResult]) -> dict[str, int]:
     }
 
 
+def resolve_settings(
+    mode: str | None = None,
+    preset: str | Any = "aesr1",
+    scale: str | Scale | None = None,
+    *,
+    num_samples: int | None = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    max_new_tokens: int | None = None,
+    seed: int = 0,
+) -> tuple[Any, Scale, ModeSettings]:
+    """The preset, scale and mode settings a `Scorer` with these arguments scores with, checked
+    (ValueError) without loading a model."""
+    from aesr1.score.presets import get_preset
+
+    preset = get_preset(preset)
+    scale = preset.scale if scale is None else Scale.parse(scale)
+    settings = ModeSettings.resolve(
+        mode, num_samples=num_samples, temperature=temperature, top_p=top_p,
+        max_new_tokens=preset.max_new_tokens if max_new_tokens is None else max_new_tokens,
+        seed=seed, preset=preset,
+    )  # fmt: skip
+    if preset.system_prompt is not None:
+        raise ValueError(
+            f"preset {preset.name!r} has a system prompt, which the scoring chat builder does not send"
+        )
+    return preset, scale, settings
+
+
 class Scorer:
     """Scores images with a vision-language model: critique, score and uncertainty per image.
 
@@ -215,21 +244,12 @@ class Scorer:
         dtype: str | None = None,
         predictor: Predictor | None = None,
     ):
-        from aesr1.score.presets import get_preset
-
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        self.preset = get_preset(preset)
-        self.scale = self.preset.scale if scale is None else Scale.parse(scale)
-        self.settings = ModeSettings.resolve(
-            mode, num_samples=num_samples, temperature=temperature, top_p=top_p,
-            max_new_tokens=self.preset.max_new_tokens if max_new_tokens is None else max_new_tokens,
-            seed=seed, preset=self.preset,
+        self.preset, self.scale, self.settings = resolve_settings(
+            mode, preset, scale, num_samples=num_samples, temperature=temperature, top_p=top_p,
+            max_new_tokens=max_new_tokens, seed=seed,
         )  # fmt: skip
-        if self.preset.system_prompt is not None:
-            raise ValueError(
-                f"preset {self.preset.name!r} has a system prompt, which the scoring chat builder does not send"
-            )
         if self.settings.mode == "expected" and predictor is not None:
             raise ValueError(
                 "mode 'expected' reads the model's digit probabilities: give a model, not a predictor"
@@ -294,33 +314,45 @@ class Scorer:
         """Critique and score of each image (paths, folders or PIL images), in input order; an image
         that cannot be given to the model gets `error` set instead of raising."""
         entries = expand_images(images, recursive)
-        results: list[ScoreResult | None] = [None] * len(entries)
+        results: list[ScoreResult] = []
         bar = None
         if progress:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(entries), desc=f"score ({self.mode})", unit="img")
         for start in range(0, len(entries), self.batch_size):
-            opened, positions = [], []
-            for position in range(start, min(start + self.batch_size, len(entries))):
-                entry = entries[position]
-                try:
-                    opened.append(model_image(entry, _name(entry, position)))
-                    positions.append(position)
-                except ImageError as error:
-                    results[position] = ScoreResult(
-                        _name(entry, position), None, "", error=error.reason, **self._provenance()
-                    )
-            predictions = self.runner(opened, [image_key(image) for image in opened])
-            for position, prediction in zip(positions, predictions, strict=True):
-                results[position] = self._result(_name(entries[position], position), prediction)
+            positions = range(start, min(start + self.batch_size, len(entries)))
+            batch = [entries[position] for position in positions]
+            results += self.score_batch(batch, [_name(entries[p], p) for p in positions])
             if bar is not None:
-                bar.update(min(self.batch_size, len(entries) - start))
+                bar.update(len(batch))
         if bar is not None:
             bar.close()
-        return [r for r in results if r is not None]
+        return results
 
     __call__ = score
 
+    def score_batch(self, entries: Sequence[Any], names: Sequence[str]) -> list[ScoreResult]:
+        """The results of one batch, in order, named by `names`: each entry is a path, a PIL image,
+        or a function of no arguments returning one (an image read on demand, which may raise
+        `aesr1.data.images.ImageError`). The readable images go to the model together."""
+        if len(entries) != len(names):
+            raise ValueError(f"{len(entries)} images but {len(names)} names")
+        results: list[ScoreResult | None] = [None] * len(entries)
+        opened, positions = [], []
+        for position, (entry, name) in enumerate(zip(entries, names, strict=True)):
+            try:
+                opened.append(model_image(entry() if callable(entry) else entry, name))
+                positions.append(position)
+            except ImageError as error:
+                results[position] = ScoreResult(name, None, "", error=error.reason, **self._provenance())
+        predictions = self.runner(opened, [image_key(image) for image in opened])
+        for position, prediction in zip(positions, predictions, strict=True):
+            results[position] = self._result(names[position], prediction)
+        return [r for r in results if r is not None]
 
-__all__ = ["IMAGE_SUFFIXES", "Scale", "ScoreResult", "Scorer", "critique_of", "expand_images", "summary"]
+
+__all__ = [
+    "IMAGE_SUFFIXES", "Scale", "ScoreResult", "Scorer", "critique_of", "expand_images",
+    "resolve_settings", "summary",
+]  # fmt: skip
