@@ -1,4 +1,4 @@
-"""The `aesr1` command runs the four tools, and the tools share one vocabulary of flags
+"""The `aesr1` command runs the tools, and the tools share one vocabulary of flags
 (--output-dir, --model, --no-progress); the old spellings keep working and warn on stderr."""
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def test_help_lists_every_command_with_its_summary(capsys):
     assert out.startswith("usage: aesr1 ")
     for name, command in COMMANDS.items():
         assert f"    {name}" in out and command.summary in out
-    assert set(COMMANDS) == {"train", "eval", "score", "aescot"}
+    assert set(COMMANDS) == {"train", "eval", "score", "aescot", "serve"}
 
 
 def test_version(capsys):
@@ -57,6 +57,7 @@ def test_a_missing_or_unknown_command_is_a_usage_error(capsys, argv, message):
         (["eval", "--help"], "usage: aesr1 eval "),
         (["train", "--help"], "usage: aesr1 train "),
         (["aescot", "build", "--help"], "usage: aesr1 aescot build "),
+        (["serve", "--help"], "usage: aesr1 serve "),
     ],
 )
 def test_each_command_runs_under_its_aesr1_name(capsys, argv, usage):

@@ -1,4 +1,4 @@
-"""The `aesr1` command: `aesr1 <command> [options]`, one entry point to the four tools.
+"""The `aesr1` command: `aesr1 <command> [options]`, one entry point to the tools.
 
 Each command is the module `python -m aesr1.<command>` runs, imported only once chosen: `aesr1 --help`
 stays as quick as importing the numpy-only core.
@@ -24,6 +24,7 @@ COMMANDS: dict[str, Command] = {
     "aescot": Command(
         "aesr1.aescot.__main__", "build AesCoT cold-start data, or check text for score leakage"
     ),
+    "serve": Command("aesr1.serve.__main__", "HTTP scoring service with a web page, batching requests"),
 }
 
 
