@@ -279,6 +279,16 @@ def test_tiny_model_batched_results_equal_results_alone(overfit_model_dir, mode)
             )
 
 
+def test_a_request_over_max_batch_size_is_scored_in_calls_of_that_size():
+    predictor = PixelPredictor()
+    images = [("image", (f"{i}.png", png((20 * i, 50, 50)))) for i in range(5)]
+    with serving(scripted(predictor=predictor), max_batch_size=2) as client:
+        rows = client.post("/v1/score", files=images).json()["results"]
+        assert metric(client, "aesr1_serve_batch_size_count") == 3
+    assert [row["image"] for row in rows] == [f"{i}.png" for i in range(5)]
+    assert predictor.calls == [2, 2, 1]
+
+
 def test_batcher_close_scores_what_is_queued_and_then_refuses():
     gate = threading.Event()
     predictor = PixelPredictor(gate)

@@ -31,7 +31,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     server = parser.add_argument_group("server")
     server.add_argument("--host", default=defaults.host, help="address to listen on (default: %(default)s)")
     server.add_argument("--port", type=int, default=defaults.port, help="(default: %(default)s)")
-    # The same destination as --batch-size: a gathered batch is one model call.
+    # The same destination as --batch-size, which means the same for the Scorer.
     server.add_argument(
         "--max-batch-size", dest="batch_size", type=int, default=defaults.max_batch_size,
         help="images gathered from concurrent requests into one model call; the same as --batch-size "

@@ -49,10 +49,6 @@ def create_app(scorer: Any, config: ServeConfig | None = None) -> FastAPI:
     every result has). One worker thread owns the scorer from startup to shutdown (the app's
     lifespan); at shutdown it scores what is queued before it stops.
 
-    A gathered batch of `config.max_batch_size` images is one model call when the scorer's
-    `batch_size` is at least that large (the command line makes them equal); otherwise the Scorer
-    splits it.
-
     Raises ValueError when `config.api_key_env` names an unset variable or `config.allow_paths` is
     not a folder.
     """

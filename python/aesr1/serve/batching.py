@@ -2,9 +2,10 @@
 scores them in batches.
 
 The worker takes the oldest request, waits up to `max_wait_s` for more to arrive, and scores every
-image it gathered (up to `max_batch_size`, never splitting a request) in one `Scorer` call. The
-Scorer is batch-invariant (greedy and expected modes decode each image on its own; sample mode seeds
-each image from its pixels), so an image gets the result it would get alone.
+image it gathered (up to `max_batch_size`, never splitting a request between batches) in one
+`Scorer.score_batch` call. The Scorer is batch-invariant (greedy and expected modes decode each image
+on its own; sample mode seeds each image from its pixels), so an image gets the result it would get
+alone.
 
 Requests are `concurrent.futures.Future`s, so the asyncio handlers await them with
 `asyncio.wrap_future` and a timeout; a request whose handler gave up before its batch started is
@@ -13,7 +14,6 @@ dropped from the queue.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import threading
@@ -52,7 +52,7 @@ class Job:
         return len(self.images)
 
 
-#: Called after each model call with the number of images and its duration in seconds.
+#: Called after each model call with its number of images and its duration in seconds.
 BatchListener = Callable[[int, float], None]
 
 
@@ -60,9 +60,9 @@ class Batcher:
     """Queues scoring jobs and runs them in batches on one worker thread.
 
     Args:
-        scorer: an `aesr1.score.Scorer` (anything with its `score(images)` contract).
-        max_batch_size: images per model call; a larger request is scored alone (the Scorer splits
-            it into its own `batch_size` chunks).
+        scorer: an `aesr1.score.Scorer` (anything with its `score_batch(images, names)` contract).
+        max_batch_size: images per model call; a larger request is scored alone, in calls of this
+            many images.
         max_wait_s: how long the oldest queued request waits for others before its batch runs.
         max_queue: images that may wait; `submit` raises `QueueFull` past it.
         on_batch: a `BatchListener` (metrics).
@@ -193,32 +193,31 @@ class Batcher:
 
     def _run(self, jobs: list[Job]) -> None:
         images = [image for job in jobs for image in job.images]
-        start = time.perf_counter()
+        names = [name for job in jobs for name in job.names]
+        results = []
         try:
-            results = self.scorer.score(images)
+            # Only a request larger than max_batch_size makes more than one model call.
+            for start in range(0, len(images), self.max_batch_size):
+                stop = start + self.max_batch_size
+                began = time.perf_counter()
+                results += self.scorer.score_batch(images[start:stop], names[start:stop])
+                self._observe(len(images[start:stop]), time.perf_counter() - began)
             if len(results) != len(images):
                 raise RuntimeError(f"the scorer returned {len(results)} results for {len(images)} images")
         except Exception as error:  # the worker outlives any one batch
             for job in jobs:
                 job.future.set_exception(error)
             return
-        seconds = time.perf_counter() - start
-        self._seconds_per_image = 0.8 * self._seconds_per_image + 0.2 * seconds / len(images)
         position = 0
         for job in jobs:
-            # The Scorer names in-memory images by their place in its batch; the request's names
-            # replace them so that a result does not depend on the company it was scored in.
-            mine = results[position : position + job.size]
+            job.future.set_result(results[position : position + job.size])
             position += job.size
-            job.future.set_result(
-                [
-                    dataclasses.replace(result, image=name)
-                    for result, name in zip(mine, job.names, strict=True)
-                ]
-            )
+
+    def _observe(self, size: int, seconds: float) -> None:
+        self._seconds_per_image = 0.8 * self._seconds_per_image + 0.2 * seconds / size
         if self.on_batch is not None:
             try:
-                self.on_batch(len(images), seconds)
+                self.on_batch(size, seconds)
             except Exception:  # a metrics failure must not stop the worker
                 logger.exception("batch listener failed")
 
