@@ -1,7 +1,8 @@
 """`aesr1 score <images or folders> --model <dir>` (or `python -m aesr1.score ...`): a critique and a
 score per image, as a readable table (default), JSON lines (`--jsonl`) or CSV (`--csv`), with a
-summary of failures on stderr. `aesr1 score compare A B` and `aesr1 score rank FOLDER`: see
-`aesr1.score.commands`."""
+summary of failures on stderr. With `--out FILE`, bulk mode (`aesr1.score.bulk`): resumable, split
+across the processes of a `torchrun` / `accelerate launch`, with `--filter` / `--keep-top` lists.
+`aesr1 score compare A B` and `aesr1 score rank FOLDER`: see `aesr1.score.commands`."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import sys
 
 from aesr1._cli_alias import add_deprecated_alias
 from aesr1.jsonio import os_error_message
+from aesr1.score.bulk import add_bulk_arguments, check_bulk_flags
 
 PROG = "python -m aesr1.score"
 
@@ -70,12 +72,17 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         description="Critique and aesthetic score of each image. Also: "
         f"'{prog} compare A B' (P(A more aesthetic than B)) and '{prog} rank FOLDER' (ranking and contact sheet).",
     )
-    parser.add_argument("images", nargs="+", help="image files and/or folders of images")
+    parser.add_argument(
+        "images",
+        nargs="+",
+        help="image files and/or folders of images (with --out also file lists, CSVs, .tar shards)",
+    )
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--jsonl", action="store_true", help="print one JSON object per image")
     output.add_argument("--csv", action="store_true", help="print CSV, one row per image (no completions)")
     parser.add_argument("--recursive", action="store_true", help="also take images in sub-folders")
     add_scoring_arguments(parser)
+    add_bulk_arguments(parser)
     return parser
 
 
@@ -134,7 +141,14 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
 
         command = commands.compare_main if argv[0] == "compare" else commands.rank_main
         return command(argv[1:], f"{prog} {argv[0]}")
-    args = build_parser(prog).parse_args(argv)
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    if args.out is not None:
+        from aesr1.score import bulk
+
+        return bulk.run(args)
+    if (problem := check_bulk_flags(args)) is not None:
+        parser.error(problem)
     from aesr1.score import expand_images, summary
 
     try:
