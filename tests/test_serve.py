@@ -1,8 +1,8 @@
 """`aesr1.serve`: the HTTP scoring service. The API contract (rows are `ScoreResult.to_dict()`, compare
 is Eq. 3 of both rows), dynamic batching (concurrent requests share a model call and get the results
 each would get alone, also with the tiny model), every error answer (400, 401, 403, 413, 415, 422,
-429, 500, 504: JSON naming the problem, the worker unharmed), /metrics, graceful shutdown, and the
-command line.
+429, 500, 504: JSON naming the problem, the worker unharmed), /metrics, graceful shutdown, the
+command line, and the load benchmark's smoke run.
 
 Most tests use a Scorer with a scripted predictor (the answer is an image's brightness): fast, and a
 gate lets a test hold the worker to fill the queue deterministically."""
@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import random
+import sys
 import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -31,6 +34,7 @@ from aesr1.score.compare import preference_probability  # noqa: E402
 from aesr1.serve import ServeConfig, create_app  # noqa: E402
 from aesr1.serve.batching import Batcher, ShuttingDown  # noqa: E402
 
+BENCHES = Path(__file__).resolve().parent.parent / "benches"
 ROW_KEYS = set(ScoreResult("x", None, "").to_dict())
 
 
@@ -578,3 +582,25 @@ def test_command_line_serves_the_scorer_its_flags_describe(monkeypatch, overfit_
         5.0,
         2**19,
     )
+
+
+# ------------------------------------------------------------------------------------ benchmark
+
+
+def test_load_benchmark_smoke(overfit_model_dir, tmp_path):
+    sys.path.insert(0, str(BENCHES))
+    try:
+        import bench_serve
+    finally:
+        sys.path.remove(str(BENCHES))
+    out = tmp_path / "serve.json"
+    assert bench_serve.main(["--smoke", "--model", str(overfit_model_dir), "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    server, sequential = report["server"], report["sequential"]
+    assert (
+        server["answered"] == server["requests"] == sequential["requests"] == report["workload"]["requests"]
+    )
+    assert server["matches_sequential"] is True and server["duplicates"] == 0 and server["missing"] == 0
+    assert server["scored_images"] == server["requests"]
+    for row in (server, sequential):
+        assert row["throughput_rps"] > 0 and 0 < row["p50_s"] <= row["p99_s"]
