@@ -215,6 +215,19 @@ def test_bulk_run_in_process_resumes_refuses_other_settings_and_remerges(tmp_pat
     assert len(calls) == 2
 
 
+def test_each_process_takes_the_gpu_of_its_local_rank(monkeypatch):
+    import torch
+
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    assert bulk.process_device("auto", Launch(3, 4, 1)) == "cuda:1" and chosen == [1]
+    assert bulk.process_device("cpu", Launch(3, 4, 1)) == "cpu"
+    with pytest.raises(ValueError, match="LOCAL_RANK=2, but this machine has 2 CUDA"):
+        bulk.process_device("auto", Launch(2, 4, 2))
+
+
 def test_bulk_cli_errors_exit_2(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     (tmp_path / "table.csv").write_text("id,score\n1,3\n")

@@ -366,6 +366,11 @@ def process_device(device: str, launch: Launch) -> str:
 
     if not torch.cuda.is_available():
         return "cpu"
+    if launch.local_rank >= torch.cuda.device_count():
+        raise ValueError(
+            f"LOCAL_RANK={launch.local_rank}, but this machine has {torch.cuda.device_count()} CUDA "
+            "device(s): launch at most one process per GPU, or give --device"
+        )
     torch.cuda.set_device(launch.local_rank)  # kernels and caches of this process stay on its GPU
     return f"cuda:{launch.local_rank}"
 
