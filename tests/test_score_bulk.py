@@ -1,4 +1,4 @@
-"""Bulk scoring (`python -m aesr1.score INPUTS --out FILE`): input kinds, sharding, part files,
+"""Bulk scoring (`python -m aesr1.score INPUTS --output-dir DIR`): input kinds, sharding, part files,
 resume after SIGKILL in a 2-process run, merging, --filter/--keep-top, CLI errors, and one run of
 the CLI on the tiny model overfit to one critique.
 
@@ -162,7 +162,7 @@ def test_bulk_run_in_process_resumes_refuses_other_settings_and_remerges(tmp_pat
         calls.append(launch)
         return score_bulk_worker.make_scorer(args, launch)
 
-    argv = (tmp_path / "photos", tmp_path / "s.tar", "--model", tmp_path, "--out", out, "--batch-size", "3",
+    argv = (tmp_path / "photos", tmp_path / "s.tar", "--model", tmp_path, "--output-dir", out.parent, "--batch-size", "3",
             "--scale", "1-10", "--no-progress", "--filter", "score>=3")  # fmt: skip
     assert bulk.run(parse(*argv), make_scorer, Launch()) == 0
     rows = rows_of(out)
@@ -180,7 +180,7 @@ def test_bulk_run_in_process_resumes_refuses_other_settings_and_remerges(tmp_pat
     assert f"skipped {names[3]}: " in err and f"no score for {names[8]}: the answer did not parse" in err
     kept = [names[i] for i, r in enumerate(rows) if r["score"] is not None and r["score"] >= 3]
     assert 0 < len(kept) < 7
-    assert (tmp_path / "out" / "scores.jsonl.kept.txt").read_text().splitlines() == kept
+    assert (tmp_path / "out" / "kept.txt").read_text().splitlines() == kept
 
     # a torn last line and a lost batch: only those rows are scored again
     part = tmp_path / "out" / "scores.jsonl.part-0-of-1"
@@ -196,17 +196,16 @@ def test_bulk_run_in_process_resumes_refuses_other_settings_and_remerges(tmp_pat
     assert len(calls) == 2
 
     # everything done: no scorer, the same output and list again
-    assert (
-        bulk.run(parse(*argv, "--keep-top", "0.5", "--kept", tmp_path / "top.txt"), make_scorer, Launch())
-        == 0
-    )
+    assert bulk.run(parse(*argv, "--keep-top", "0.5"), make_scorer, Launch()) == 0
     assert len(calls) == 2 and out.read_bytes() == expected
-    top = (tmp_path / "top.txt").read_text().splitlines()
+    top = (tmp_path / "out" / "kept.txt").read_text().splitlines()
     assert len(top) == -(-len(kept) // 2) and set(top) <= set(kept)
     capsys.readouterr()
 
     # other settings or another input list: refused, naming what changed
-    assert bulk.run(parse(*argv[:-7], "--out", out, "--scale", "1-5"), make_scorer, Launch()) == 2
+    assert (
+        bulk.run(parse(*argv[:-7], "--output-dir", out.parent, "--scale", "1-5"), make_scorer, Launch()) == 2
+    )
     assert "other settings (scale:" in capsys.readouterr().err
     write_image(tmp_path / "photos" / "7.png", 7)
     assert bulk.run(parse(*argv), make_scorer, Launch()) == 2
@@ -232,26 +231,30 @@ def test_bulk_cli_errors_exit_2(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     (tmp_path / "table.csv").write_text("id,score\n1,3\n")
     write_image(tmp_path / "a.png")
-    common = ("--model", str(tmp_path / "no-model"), "--out", str(tmp_path / "o.jsonl"))
+    common = ("--model", str(tmp_path / "no-model"), "--output-dir", str(tmp_path / "o"))
     for argv, message in (
         ([str(tmp_path / "missing")], "missing' not found"),
         ([str(tmp_path / "empty")], "no images found"),
         ([str(tmp_path / "table.csv")], "no image column"),
         ([str(tmp_path / "a.png"), "--jsonl"], "leave out --jsonl"),
-        ([str(tmp_path / "a.png"), "--kept", "k.txt"], "give --filter and/or --keep-top"),
     ):
         assert main([*argv, *common]) == 2
         assert message in capsys.readouterr().err
+    assert main([str(tmp_path / "a.png"), *common, "--output-dir", str(tmp_path / "a.png")]) == 2
+    assert "is a file; give a folder" in capsys.readouterr().err
     for argv, message in (
         (["--filter", "score=0.5", *common], "not FIELD OP NUMBER"),
         (["--keep-top", "1.5", *common], r"not a fraction in (0, 1]"),
-        (["--filter", "score>0.5", "--model", "m"], "--filter applies only with --out"),
-        (["--keep-top", "0.1", "--kept", "k", "--model", "m"], "--keep-top, --kept apply only with --out"),
+        (["--filter", "score>0.5", "--model", "m"], "--filter applies only with --output-dir"),
+        (
+            ["--keep-top", "0.1", "--image-column", "k", "--model", "m"],
+            "--keep-top, --image-column apply only with --output-dir",
+        ),
     ):
         with pytest.raises(SystemExit) as exit_:
             main([str(tmp_path / "a.png"), *argv])
         assert exit_.value.code == 2 and message in capsys.readouterr().err
-    assert not (tmp_path / "o.jsonl").exists()
+    assert not (tmp_path / "o" / "scores.jsonl").exists()
 
 
 def launch(rank: int, world: int, argv: list, **env: str) -> subprocess.Popen:
@@ -293,11 +296,16 @@ def test_two_processes_killed_midway_resume_to_the_uninterrupted_output(tmp_path
 
     # the uninterrupted run, in this process: its output must not depend on the number of processes
     reference = tmp_path / "reference" / "scores.jsonl"
-    assert bulk.run(parse(*common, "--out", reference), score_bulk_worker.make_scorer, Launch()) == 0
+    assert (
+        bulk.run(parse(*common, "--output-dir", reference.parent), score_bulk_worker.make_scorer, Launch())
+        == 0
+    )
 
     out = tmp_path / "run" / "scores.jsonl"
     parts = [tmp_path / "run" / f"scores.jsonl.part-{rank}-of-2" for rank in (0, 1)]
-    first = [launch(rank, 2, [*common, "--out", out], SCORE_BULK_DELAY="0.04") for rank in (0, 1)]
+    first = [
+        launch(rank, 2, [*common, "--output-dir", out.parent], SCORE_BULK_DELAY="0.04") for rank in (0, 1)
+    ]
     wait_until(lambda: len(rows_in(parts[1])) >= 40)
     first[1].send_signal(signal.SIGKILL)
     wait_until(lambda: len(rows_in(parts[0])) >= 80)
@@ -312,7 +320,9 @@ def test_two_processes_killed_midway_resume_to_the_uninterrupted_output(tmp_path
         handle.write('{"index": 299, "image": "')
 
     log = tmp_path / "log"
-    resumed = [launch(rank, 2, [*common, "--out", out], SCORE_BULK_LOG=str(log)) for rank in (0, 1)]
+    resumed = [
+        launch(rank, 2, [*common, "--output-dir", out.parent], SCORE_BULK_LOG=str(log)) for rank in (0, 1)
+    ]
     errors = [finish(process) for process in resumed]
     assert (
         f"rank 1/2: scored {150 - len(before[1])} images, {len(before[1])} of 150 were already" in errors[1]
@@ -340,9 +350,12 @@ def test_two_processes_killed_midway_resume_to_the_uninterrupted_output(tmp_path
     def no_scorer(args, launch):
         raise AssertionError("a finished run loaded a model")
 
-    assert bulk.run(parse(*common, "--out", out, "--filter", "score>0.5"), no_scorer, Launch()) == 0
+    assert (
+        bulk.run(parse(*common, "--output-dir", out.parent, "--filter", "score>0.5"), no_scorer, Launch())
+        == 0
+    )
     assert out.read_bytes() == reference.read_bytes()
-    kept = (tmp_path / "run" / "scores.jsonl.kept.txt").read_text().splitlines()
+    kept = (tmp_path / "run" / "kept.txt").read_text().splitlines()
     assert kept == [r["image"] for r in rows if r["score"] is not None and r["score"] > 0.5]
 
 
@@ -354,7 +367,7 @@ def test_bulk_cli_on_tiny_model(tmp_path, overfit_model_dir, capsys, monkeypatch
     write_garbage(tmp_path / "photos" / "broken.jpg")
     out = tmp_path / "scores.jsonl"
     argv = [str(tmp_path / "photos"), "--model", str(overfit_model_dir), "--max-new-tokens", "24",
-            "--no-progress", "--out", str(out), "--filter", "score>=0.7"]  # fmt: skip
+            "--no-progress", "--output-dir", str(tmp_path), "--filter", "score>=0.7"]  # fmt: skip
     assert main(argv) == 0
     rows = rows_of(out)
     assert [os.path.basename(r["image"]) for r in rows] == ["0.png", "1.png", "broken.jpg"]
@@ -362,7 +375,7 @@ def test_bulk_cli_on_tiny_model(tmp_path, overfit_model_dir, capsys, monkeypatch
         assert row["score"] == pytest.approx(0.72) and row["completions"] == [OVERFIT_TARGET]
         assert row["revision"] and row["mode"] == "greedy"
     assert rows[2]["error"] and rows[2]["score"] is None
-    assert (tmp_path / "scores.jsonl.kept.txt").read_text().splitlines() == [r["image"] for r in rows[:2]]
+    assert (tmp_path / "kept.txt").read_text().splitlines() == [r["image"] for r in rows[:2]]
     assert (
         "3 images: 2 scored, 1 skipped (bad image), 0 of 2 completions unparseable" in capsys.readouterr().err
     )

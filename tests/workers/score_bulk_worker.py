@@ -1,4 +1,4 @@
-"""`python -m aesr1.score ... --out FILE` with a scripted predictor instead of a model, for the bulk
+"""`python -m aesr1.score ... --output-dir DIR` with a scripted predictor instead of a model, for the bulk
 scoring tests: run it as one process of a launch (RANK/WORLD_SIZE/LOCAL_RANK in the environment).
 
 The answer to an image depends only on its first pixel: "<answer>{(r + g + b) % 101 / 100}</answer>",
@@ -10,7 +10,7 @@ The worker never imports torch or transformers: the image-size check is replaced
 aspect-ratio rule, since importing transformers' Qwen2-VL image processor for it costs each process
 several seconds, more than these tests' scoring.
 
-    RANK=0 WORLD_SIZE=2 python tests/workers/score_bulk_worker.py images/ --model x --out scores.jsonl
+    RANK=0 WORLD_SIZE=2 python tests/workers/score_bulk_worker.py images/ --model x --output-dir out
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """`aesr1 score <images or folders> --model <dir>` (or `python -m aesr1.score ...`): a critique and a
 score per image, as a readable table (default), JSON lines (`--jsonl`) or CSV (`--csv`), with a
-summary of failures on stderr. With `--out FILE`, bulk mode (`aesr1.score.bulk`): resumable, split
+summary of failures on stderr. With `--output-dir DIR`, bulk mode (`aesr1.score.bulk`): resumable, split
 across the processes of a `torchrun` / `accelerate launch`, with `--filter` / `--keep-top` lists.
 `aesr1 score compare A B` and `aesr1 score rank FOLDER`: see `aesr1.score.commands`."""
 
@@ -75,7 +75,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser.add_argument(
         "images",
         nargs="+",
-        help="image files and/or folders of images (with --out also file lists, CSVs, .tar shards)",
+        help="image files and/or folders of images (with --output-dir also file lists, CSVs, .tar shards)",
     )
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--jsonl", action="store_true", help="print one JSON object per image")
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
         return command(argv[1:], f"{prog} {argv[0]}")
     parser = build_parser(prog)
     args = parser.parse_args(argv)
-    if args.out is not None:
+    if args.output_dir is not None:
         from aesr1.score import bulk
 
         return bulk.run(args)

@@ -1,14 +1,14 @@
-"""Bulk scoring: `python -m aesr1.score INPUTS --model DIR --out scores.jsonl`, in one process or
+"""Bulk scoring: `python -m aesr1.score INPUTS --model MODEL --output-dir DIR`, in one process or
 many (`torchrun`, `accelerate launch`, `deepspeed`; one or several nodes).
 
 Each process scores its contiguous block of the inputs (`aesr1.score.inputs.shard_range`) on its own
 device (``cuda:LOCAL_RANK``, else the CPU) and appends each batch's rows, ``{"index": i, ...}`` plus
-`ScoreResult.to_dict`, to its part file ``scores.jsonl.part-<rank>-of-<world>``, flushed and fsynced
+`ScoreResult.to_dict`, to its part file ``DIR/scores.jsonl.part-<rank>-of-<world>``, flushed and fsynced
 (`aesr1.eval.cache.AppendLog`: line 1 holds the settings). A rerun skips what the parts hold and
 refuses parts written with other settings; parts of a run with another number of processes are read
 too, so a run may resume on more or fewer GPUs. Rank 0, once its block is done, follows the other
-parts until every index is in one of them, then writes ``--out`` in input order (a temporary file
-renamed over it), the summary and the ``--filter``/``--keep-top`` list.
+parts until every index is in one of them, then writes ``DIR/scores.jsonl`` in input order (a
+temporary file renamed over it), the summary and the ``--filter``/``--keep-top`` list ``DIR/kept.txt``.
 
 No collective is used: rank 0 polls the part files instead of waiting in a barrier, whose timeout
 (30 minutes by default) a slow block can outlast. On several nodes the output folder must therefore
@@ -90,15 +90,24 @@ def parse_fraction(text: str) -> float:
     return value
 
 
+#: The merged rows and the kept list, in --output-dir.
+SCORES_FILE = "scores.jsonl"
+KEPT_FILE = "kept.txt"
+
+
 def add_bulk_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags of bulk mode, which `--out` switches on."""
+    """The flags of bulk mode, which `--output-dir` switches on."""
     group = parser.add_argument_group(
-        "bulk mode (--out)",
+        "bulk mode (--output-dir)",
         "Inputs may also be file lists (.txt), CSV files with an image column and WebDataset .tar "
         "shards. Under torchrun/accelerate launch each process scores its block of the inputs and "
-        "appends to OUT.part-<rank>-of-<world>; a rerun resumes; rank 0 merges the parts into OUT.",
+        f"appends to DIR/{SCORES_FILE}.part-<rank>-of-<world>; a rerun resumes; rank 0 merges the "
+        f"parts into DIR/{SCORES_FILE} and writes the kept images to DIR/{KEPT_FILE}.",
     )
-    group.add_argument("--out", help="bulk mode: write all rows (JSONL, input order) to this file")
+    group.add_argument(
+        "--output-dir", metavar="DIR",
+        help=f"bulk mode: write all rows (JSONL, input order) to DIR/{SCORES_FILE}",
+    )  # fmt: skip
     group.add_argument(
         "--filter", action="append", type=parse_filter, metavar="EXPR",
         help="keep the images whose row satisfies EXPR, e.g. 'score>=0.6' (on the output scale; "
@@ -108,7 +117,6 @@ def add_bulk_arguments(parser: argparse.ArgumentParser) -> None:
         "--keep-top", type=parse_fraction, metavar="FRACTION",
         help="keep this fraction (0, 1] of the scored images with the highest scores (after --filter)",
     )  # fmt: skip
-    group.add_argument("--kept", help="where the kept images go, one per line (default: OUT.kept.txt)")
     group.add_argument(
         "--image-column", help="the image column of CSV inputs (default: image, path, file, ...)"
     )
@@ -139,7 +147,7 @@ def glob_escape(name: str) -> str:
 
 
 def _remedy(out: Path) -> str:
-    return f"use another --out, or delete {out.name}.part-* to score everything again"
+    return f"use another --output-dir, or delete {out.name}.part-* in {out.parent} to score everything again"
 
 
 def row_index(record: Any, names: Sequence[str]) -> int:
@@ -384,20 +392,20 @@ def default_scorer(args: argparse.Namespace, launch: Launch):
 
 def _check_args(args: argparse.Namespace) -> None:
     if args.jsonl or args.csv:
-        raise ValueError("--out writes JSON lines to a file: leave out --jsonl/--csv")
-    if args.kept and not (args.filter or args.keep_top):
-        raise ValueError("--kept names the list of kept images: give --filter and/or --keep-top")
+        raise ValueError(f"--output-dir writes JSON lines to DIR/{SCORES_FILE}: leave out --jsonl/--csv")
 
 
 def check_bulk_flags(args: argparse.Namespace) -> str | None:
-    """Why the bulk-only flags given cannot be used (no --out), else None."""
-    if args.out is not None:
+    """Why the bulk-only flags given cannot be used (no --output-dir), else None."""
+    if args.output_dir is not None:
         return None
     given = [flag for flag, value in (("--filter", args.filter), ("--keep-top", args.keep_top),
-             ("--kept", args.kept), ("--image-column", args.image_column)) if value is not None]  # fmt: skip
+             ("--image-column", args.image_column)) if value is not None]  # fmt: skip
     if not given:
         return None
-    return f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} only with --out (bulk mode)"
+    return (
+        f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} only with --output-dir (bulk mode)"
+    )
 
 
 def score_block(
@@ -450,18 +458,16 @@ def run(
     make_scorer: Callable[[argparse.Namespace, Launch], Any] = default_scorer,
     launch: Launch | None = None,
 ) -> int:
-    """Bulk mode of `python -m aesr1.score` (`args` from its parser, with --out): the exit status."""
+    """Bulk mode of `python -m aesr1.score` (`args` from its parser, with --output-dir): the exit status."""
     try:
         launch = Launch.from_env() if launch is None else launch
         _check_args(args)
         entries = collect_inputs(args.images, recursive=args.recursive, image_column=args.image_column)
         meta = scoring_meta(args, entries)
-        out = Path(args.out).expanduser()
-        if out.is_dir():
-            raise ValueError(
-                f"--out {str(out)!r} is a folder; give a file name such as {out / 'scores.jsonl'}"
-            )
-        check_writable(out.parent)
+        folder = Path(args.output_dir).expanduser()
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"--output-dir {str(folder)!r} is a file; give a folder")
+        out = check_writable(folder) / SCORES_FILE
         names = [entry.name for entry in entries]
         part = PartFile(part_path(out, launch.rank, launch.world), meta, names, out)
         # Parts of a run with another number of processes: their rows count as done too.
@@ -503,7 +509,7 @@ def run(
         print(f"wrote {out} ({len(entries)} rows in input order)", file=sys.stderr)
         if args.filter or args.keep_top:
             kept = kept_indices(merged, args.filter or [], args.keep_top)
-            target = Path(args.kept).expanduser() if args.kept else out.with_name(f"{out.name}.kept.txt")
+            target = out.parent / KEPT_FILE
             write_text(target, "".join(names[i] + "\n" for i in kept))
             rules = [str(f) for f in args.filter or []]
             if args.keep_top:
