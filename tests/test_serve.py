@@ -105,7 +105,7 @@ def metric(client, line_start: str) -> float:
     raise AssertionError(f"no metric line starts with {line_start!r}")
 
 
-def wait_for(condition, seconds: float = 10.0) -> None:
+def wait_for(condition, seconds: float = 60.0) -> None:
     deadline = time.monotonic() + seconds
     while not condition():
         assert time.monotonic() < deadline, "timed out waiting"
@@ -324,23 +324,27 @@ def test_graceful_shutdown_answers_queued_requests(tmp_path):
     server, port, thread = _start_uvicorn(uvicorn, app)
     try:
         url = f"http://127.0.0.1:{port}/v1/score"
-        threads, out, errors = in_threads(
-            [lambda i=i: httpx.post(url, files={"image": (f"{i}.png", png((50 * i, 80, 90)))}, timeout=30)
-             for i in range(1, 4)]
-        )  # fmt: skip
-        wait_for(lambda: app.state.batcher.queue_depth == 2)  # one at the gate, two queued
+
+        def post(i):
+            return lambda: httpx.post(url, files={"image": (f"{i}.png", png((50 * i, 80, 90)))}, timeout=30)
+
+        threads, out, errors = in_threads([post(1)])
+        wait_for(predictor.entered.is_set)  # the worker holds request 1 at the gate
+        more_threads, more, more_errors = in_threads([post(2), post(3)])
+        wait_for(lambda: app.state.batcher.queue_depth == 2)
         server.should_exit = True
         time.sleep(0.2)  # the server stops listening and waits for the three open requests
         gate.set()
-        for client_thread in threads:
+        for client_thread in threads + more_threads:
             client_thread.join(30)
         thread.join(30)
     finally:
         server.should_exit = True
         gate.set()
-    assert not errors, errors
-    assert [response.status_code for response in out] == [200, 200, 200]
-    assert [response.json()["results"][0]["image"] for response in out] == ["1.png", "2.png", "3.png"]
+    assert not errors and not more_errors, errors + more_errors
+    responses = out + more
+    assert [response.status_code for response in responses] == [200, 200, 200]
+    assert [response.json()["results"][0]["image"] for response in responses] == ["1.png", "2.png", "3.png"]
     assert not thread.is_alive() and not app.state.batcher.running
 
 
