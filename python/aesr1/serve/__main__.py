@@ -33,7 +33,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     server.add_argument("--port", type=int, default=defaults.port, help="(default: %(default)s)")
     # The same destination as --batch-size, which means the same for the Scorer.
     server.add_argument(
-        "--max-batch-size", dest="batch_size", type=int, default=defaults.max_batch_size,
+        "--max-batch-size", dest="batch_size", metavar="N", type=int, default=defaults.max_batch_size,
         help="images gathered from concurrent requests into one model call; the same as --batch-size "
         "(default: %(default)s)",
     )  # fmt: skip
