@@ -43,7 +43,7 @@ def _size(count: int) -> str:
 
 
 @dataclass
-class Entry:
+class RequestImage:
     """One image of a request before decoding: `label` says where it is in the request (for error
     messages), `name` is the result's image name; `data` (encoded bytes) or `path` holds it."""
 
@@ -88,7 +88,7 @@ def _check_keys(where: str, value: dict, allowed: tuple[str, ...]) -> None:
         )
 
 
-def _json_entry(label: str, default_name: str, value: Any, config: ServeConfig) -> Entry:
+def _json_entry(label: str, default_name: str, value: Any, config: ServeConfig) -> RequestImage:
     if isinstance(value, str):
         value = {"data": value}
     if not isinstance(value, dict):
@@ -106,11 +106,11 @@ def _json_entry(label: str, default_name: str, value: Any, config: ServeConfig) 
         path = value["path"]
         if not isinstance(path, str) or not path:
             raise ApiError(422, f"{label}.path must be a non-empty string")
-        return Entry(label, name or path, path=path)
+        return RequestImage(label, name or path, path=path)
     data = value["data"]
     if not isinstance(data, str):
         raise ApiError(422, f"{label}.data must be a base64 string, got {type(data).__name__}")
-    entry = Entry(label, name or default_name)
+    entry = RequestImage(label, name or default_name)
     if data.startswith("data:") and "," in data:  # a data URL, as browsers write them
         data = data.partition(",")[2]
     # Four base64 characters hold three bytes: refuse an oversized image before decoding it.
@@ -134,7 +134,7 @@ def _json_entry(label: str, default_name: str, value: Any, config: ServeConfig) 
 
 async def _form_entries(
     request: Request, fields: tuple[str, ...], config: ServeConfig
-) -> list[tuple[str, Entry]]:
+) -> list[tuple[str, RequestImage]]:
     """(field, entry) for each uploaded file, in the order sent."""
     limit = config.max_images_per_request
     try:
@@ -157,7 +157,7 @@ async def _form_entries(
                 raise ApiError(422, f"form field {label} must be a file upload, got text")
             # Read at most one byte past the limit: an oversized upload is refused without copying it.
             data = await value.read(config.max_image_bytes + 1)
-            entry = Entry(label, value.filename or label, data=data)
+            entry = RequestImage(label, value.filename or label, data=data)
             if len(data) > config.max_image_bytes:
                 raise ApiError(
                     413, f"{entry.where()}: over the image limit of {_size(config.max_image_bytes)}"
@@ -175,7 +175,7 @@ def _count(count: int, config: ServeConfig) -> None:
         raise ApiError(413, f"{count} images in one request; the limit is {config.max_images_per_request}")
 
 
-async def score_entries(request: Request, config: ServeConfig) -> list[Entry]:
+async def score_entries(request: Request, config: ServeConfig) -> list[RequestImage]:
     """The images of a `/v1/score` request, undecoded."""
     if _content_kind(request) == "multipart":
         entries = [entry for _, entry in await _form_entries(request, SCORE_FIELDS, config)]
@@ -192,10 +192,10 @@ async def score_entries(request: Request, config: ServeConfig) -> list[Entry]:
     return [_json_entry(f"images[{i}]", f"image {i}", value, config) for i, value in enumerate(images)]
 
 
-async def compare_entries(request: Request, config: ServeConfig) -> tuple[Entry, Entry]:
+async def compare_entries(request: Request, config: ServeConfig) -> tuple[RequestImage, RequestImage]:
     """Images `a` and `b` of a `/v1/compare` request, undecoded."""
     if _content_kind(request) == "multipart":
-        found: dict[str, Entry] = {}
+        found: dict[str, RequestImage] = {}
         for field, entry in await _form_entries(request, COMPARE_FIELDS, config):
             if field in found:
                 raise ApiError(422, f"form field {field!r} given twice: compare takes one image a and one b")
@@ -214,7 +214,7 @@ async def compare_entries(request: Request, config: ServeConfig) -> tuple[Entry,
     return found["a"], found["b"]
 
 
-def _resolve(entry: Entry, root: str | None) -> str:
+def _resolve(entry: RequestImage, root: str | None) -> str:
     """The real path of a path entry, refused (403) outside `root` or when paths are off."""
     if root is None:
         raise ApiError(
@@ -228,7 +228,7 @@ def _resolve(entry: Entry, root: str | None) -> str:
     return real
 
 
-def _read_path(entry: Entry, config: ServeConfig, root: str | None) -> bytes:
+def _read_path(entry: RequestImage, config: ServeConfig, root: str | None) -> bytes:
     """The bytes of a path entry's file: a regular file inside `root`, within the image limit."""
     real = _resolve(entry, root)
     try:
@@ -248,7 +248,7 @@ def _read_path(entry: Entry, config: ServeConfig, root: str | None) -> bytes:
         raise ApiError(422, f"{entry.where()}: unreadable image: {error.strerror or error}") from None
 
 
-def _decode(entry: Entry, config: ServeConfig, root: str | None):
+def _decode(entry: RequestImage, config: ServeConfig, root: str | None):
     """The RGB image of an entry, as `model_image` gives it to the model; `ApiError` otherwise."""
     from PIL import Image
 
@@ -271,11 +271,11 @@ def _decode(entry: Entry, config: ServeConfig, root: str | None):
         raise ApiError(422, f"{entry.where()}: unreadable image: {type(error).__name__}: {error}") from None
 
 
-async def decode(entries: list[Entry], config: ServeConfig) -> list[Any]:
+async def decode(entries: list[RequestImage], config: ServeConfig) -> list[Any]:
     """The RGB images of `entries`, decoded in a worker thread (the event loop keeps serving);
     raises `ApiError` for the first one that cannot be scored."""
     root = None if config.allow_paths is None else os.path.realpath(config.allow_paths)
     return await run_in_threadpool(lambda: [_decode(entry, config, root) for entry in entries])
 
 
-__all__ = ["COMPARE_FIELDS", "SCORE_FIELDS", "Entry", "compare_entries", "decode", "score_entries"]
+__all__ = ["COMPARE_FIELDS", "SCORE_FIELDS", "RequestImage", "compare_entries", "decode", "score_entries"]
