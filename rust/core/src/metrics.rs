@@ -267,22 +267,6 @@ impl Sorted {
         radix_sort(&mut keys, &mut order);
         Self { keys, order }
     }
-
-    /// Runs of equal keys, as (start, end) half-open ranges.
-    fn tie_runs(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
-        let keys = &self.keys;
-        let mut start = 0;
-        std::iter::from_fn(move || {
-            if start >= keys.len() {
-                return None;
-            }
-            let key = keys[start];
-            let end = start + keys[start..].iter().take_while(|&&k| k == key).count();
-            let run = (start, end);
-            start = end;
-            Some(run)
-        })
-    }
 }
 
 /// Work unit of the parallel phases (radix passes, ranking, gathers): many more units than
@@ -625,191 +609,652 @@ fn spearman(x: &[f64], y: &[f64]) -> f64 {
 // ---------------------------------------------------------------------------------------------
 // Kendall
 
-/// Σ c(c−1)/2 over runs of c equal values in a sorted sequence.
-fn tied_pairs<T: PartialEq>(sorted: &[T]) -> u64 {
-    let mut ties = 0u64;
-    let mut start = 0;
-    while start < sorted.len() {
-        let c = sorted[start..]
-            .iter()
-            .take_while(|&v| *v == sorted[start])
-            .count();
-        ties += (c as u64) * (c as u64 - 1) / 2;
-        start += c;
-    }
-    ties
-}
-
 /// Kendall's tau-b, reproducing `scipy.stats.kendalltau`'s float arithmetic exactly.
-///
-/// Sort by x (one radix sort), take y's keys in that order with each run of equal x sorted by y;
-/// then the discordant pairs are exactly the strict inversions of that sequence (merge sort),
-/// which leaves the sequence sorted, so y's ties can be counted from it.
 fn kendall_tau_b(x: &[f64], y: &[f64]) -> f64 {
     let n = x.len() as u64;
-    let by_x = Sorted::new(x);
-    let mut seq: Vec<u64> = Vec::new();
-    by_x.order
-        .par_iter()
-        .with_min_len(CHUNK)
-        .map(|&i| order_key(y[i as usize]))
-        .collect_into_vec(&mut seq);
-    let (mut xtie, mut ntie) = (0u64, 0u64);
-    for (start, end) in by_x.tie_runs() {
-        if end - start > 1 {
-            let c = (end - start) as u64;
-            xtie += c * (c - 1) / 2;
-            let run = &mut seq[start..end];
-            run.sort_unstable();
-            ntie += tied_pairs(run);
-        }
-    }
-    let dis = count_inversions(&mut seq);
-    let ytie = tied_pairs(&seq);
+    let c = kendall_counts(x, y);
     let tot = n * (n - 1) / 2;
-    if xtie == tot || ytie == tot {
+    if c.x_ties == tot || c.y_ties == tot {
         return f64::NAN;
     }
     // SciPy: con_minus_dis = tot - xtie - ytie + ntie - 2 * dis (Python ints), then
     // tau = con_minus_dis / np.sqrt(tot - xtie) / np.sqrt(tot - ytie), clipped to [-1, 1].
-    let con_minus_dis = tot as i128 - xtie as i128 - ytie as i128 + ntie as i128 - 2 * dis as i128;
-    let tau = con_minus_dis as f64 / ((tot - xtie) as f64).sqrt() / ((tot - ytie) as f64).sqrt();
+    let con_minus_dis = tot as i128 - c.x_ties as i128 - c.y_ties as i128 + c.xy_ties as i128
+        - 2 * c.discordant as i128;
+    let tau =
+        con_minus_dis as f64 / ((tot - c.x_ties) as f64).sqrt() / ((tot - c.y_ties) as f64).sqrt();
     tau.clamp(-1.0, 1.0)
 }
 
-/// Number of pairs p < q with v[p] > v[q]; sorts `v`. Merge sort with branch-free merges,
-/// ping-ponging between `v` and one scratch buffer, halves in parallel near the top.
-fn count_inversions(v: &mut [u64]) -> u64 {
-    let mut scratch = vec![0u64; v.len()];
-    sort_in_place(v, &mut scratch)
+/// The exact pair counts of Kendall's tau-b.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct KendallCounts {
+    /// Pairs that x and y order oppositely.
+    discordant: u64,
+    /// Pairs with equal x.
+    x_ties: u64,
+    /// Pairs with equal y.
+    y_ties: u64,
+    /// Pairs with equal x and equal y.
+    xy_ties: u64,
 }
 
-/// Below this length runs are sorted by insertion.
-const LEAF: usize = 16;
-/// Above this length the halves are sorted in parallel.
-const PARALLEL_LEN: usize = 1 << 16;
-
-/// Sorts `v` (using `tmp` as scratch); returns its inversions.
-fn sort_in_place(v: &mut [u64], tmp: &mut [u64]) -> u64 {
-    if v.len() <= LEAF {
-        return insertion_sort(v);
-    }
-    let mid = v.len() / 2;
-    let (vl, vr) = v.split_at_mut(mid);
-    let (tl, tr) = tmp.split_at_mut(mid);
-    let parallel = v_len_large(mid);
-    let (a, b) = join_if(parallel, || sort_into(vl, tl), || sort_into(vr, tr));
-    a + b + merge(parallel, tl, tr, v)
-}
-
-/// Sorts the contents of `v` into `out` (`v` is scratch afterwards); returns the inversions.
-fn sort_into(v: &mut [u64], out: &mut [u64]) -> u64 {
-    if v.len() <= LEAF {
-        out.copy_from_slice(v);
-        return insertion_sort(out);
-    }
-    let mid = v.len() / 2;
-    let (vl, vr) = v.split_at_mut(mid);
-    let (ol, or) = out.split_at_mut(mid);
-    let parallel = v_len_large(mid);
-    let (a, b) = join_if(parallel, || sort_in_place(vl, ol), || sort_in_place(vr, or));
-    a + b + merge(parallel, vl, vr, out)
-}
-
-fn v_len_large(half: usize) -> bool {
-    half >= PARALLEL_LEN / 2
-}
-
-fn join_if<A: Send, B: Send>(
-    parallel: bool,
-    a: impl FnOnce() -> A + Send,
-    b: impl FnOnce() -> B + Send,
-) -> (A, B) {
-    if parallel {
-        rayon::join(a, b)
-    } else {
-        (a(), b())
-    }
-}
-
-fn merge(parallel: bool, a: &[u64], b: &[u64], out: &mut [u64]) -> u64 {
-    if parallel {
-        merge_count_par(a, b, out)
-    } else {
-        merge_count(a, b, out)
-    }
-}
-
-/// `merge_count` split into independent pieces, so that the top merges of the sort, which are
-/// otherwise one long sequential task each, are shared between threads.
+/// Kendall's pair counts in two radix phases:
 ///
-/// The larger input is cut at its middle element e; the other input splits where its elements
-/// stop going before e in `merge_count`'s order (ties: `a` first). Output and count are those of
-/// `merge_count`: every pair across the cut is either an inversion for certain or for certain
-/// not.
-fn merge_count_par(a: &[u64], b: &[u64], out: &mut [u64]) -> u64 {
-    if a.len() + b.len() <= CHUNK || a.is_empty() || b.is_empty() {
-        return merge_count(a, b, out);
+/// 1. `sort_by_x` sorts the points, as (x, y) key pairs, by x, and each run of equal x by y,
+///    counting the ties of x and of (x, y) on the way; y's keys come out in that order.
+/// 2. Then the discordant pairs are exactly the strict inversions of y's keys: `count_inversions`
+///    counts them, and y's ties.
+///
+/// Memory: n points (16 bytes each), n y keys, and a bucket's worth of points per thread.
+fn kendall_counts(x: &[f64], y: &[f64]) -> KendallCounts {
+    let n = x.len();
+    let mut points = vec![[0u64; 2]; n];
+    let mut ys = vec![0u64; n];
+    let ties = sort_by_x(x, y, &mut points, &mut ys);
+    let scratch = &mut points.as_flattened_mut()[..n];
+    let (discordant, y_ties) = count_inversions(&mut ys, scratch, None);
+    KendallCounts {
+        discordant,
+        x_ties: ties.x,
+        y_ties,
+        xy_ties: ties.xy,
     }
-    let (i, j) = if a.len() >= b.len() {
-        let i = a.len() / 2;
-        (i, b.partition_point(|&y| y < a[i]))
-    } else {
-        let j = b.len() / 2;
-        (a.partition_point(|&x| x <= b[j]), j)
-    };
-    // a[i..] against b[..j]: every such pair is an inversion (b's part is below the cut
-    // element, a's part is above it or, for a cut in b, strictly above); a[..i] against b[j..]:
-    // none is.
-    let across = (a.len() - i) as u64 * j as u64;
-    let (lo, hi) = out.split_at_mut(i + j);
-    let (x, y) = rayon::join(
-        || merge_count_par(&a[..i], &b[..j], lo),
-        || merge_count_par(&a[i..], &b[j..], hi),
-    );
-    x + y + across
 }
 
-fn insertion_sort(v: &mut [u64]) -> u64 {
-    let mut inv = 0u64;
-    for i in 1..v.len() {
-        let x = v[i];
+/// c(c−1)/2, the pairs among c items.
+fn pairs(c: usize) -> u64 {
+    let c = c as u64;
+    c * c.saturating_sub(1) / 2
+}
+
+/// Σ c(c−1)/2 over runs of c equal items in a sorted sequence.
+fn tied_pairs<T: PartialEq>(sorted: impl IntoIterator<Item = T>) -> u64 {
+    let (mut ties, mut run) = (0, 0);
+    let mut last = None;
+    for item in sorted {
+        if last.as_ref() == Some(&item) {
+            ties += run;
+            run += 1;
+        } else {
+            (last, run) = (Some(item), 1);
+        }
+    }
+    ties
+}
+
+/// Keys known to lie in `[base, base + 2^bits)`.
+#[derive(Clone, Copy)]
+struct Range {
+    base: u64,
+    bits: u32,
+}
+
+/// The smallest `Range` of the `key`s of `items`, with `base` their minimum; `None` when they
+/// are all equal.
+fn key_range<T: Copy + Sync>(items: &[T], key: impl Fn(T) -> u64 + Sync) -> Option<Range> {
+    let min_max = |items: &[T]| {
+        items.iter().fold((u64::MAX, 0), |(lo, hi), &item| {
+            let k = key(item);
+            (lo.min(k), hi.max(k))
+        })
+    };
+    let (lo, hi) = if in_parallel(items.len(), PARALLEL_PASS) {
+        items
+            .par_chunks(CHUNK)
+            .map(min_max)
+            .reduce(|| (u64::MAX, 0), |a, b| (a.0.min(b.0), a.1.max(b.1)))
+    } else {
+        min_max(items)
+    };
+    (lo < hi).then(|| Range {
+        base: lo,
+        bits: u64::BITS - (hi - lo).leading_zeros(),
+    })
+}
+
+/// A radix pass over at least this many keys counts and scatters them in `CHUNK`-sized pieces in
+/// parallel (when the pool has more than one thread): the passes at the top of the sort and of
+/// the count are single tasks otherwise, and one thread slowed by another process would hold
+/// the others up.
+const PARALLEL_PASS: usize = 1 << 17;
+
+/// The buckets of a pass over at least this many keys are finished as parallel tasks.
+const PARALLEL_BUCKETS: usize = 1 << 14;
+
+fn in_parallel(n: usize, threshold: usize) -> bool {
+    n >= threshold && rayon::current_num_threads() > 1
+}
+
+/// The bucket counts of one radix pass: one array for the whole input, or one per `CHUNK`-sized
+/// piece when the pass runs in parallel.
+enum BucketCounts<const B: usize> {
+    Whole([usize; B]),
+    Pieces(Vec<[usize; B]>),
+}
+
+impl<const B: usize> BucketCounts<B> {
+    /// Counts of `bucket(item)` over `items`.
+    fn new<T: Copy + Sync>(items: &[T], bucket: impl Fn(T) -> usize + Sync) -> Self {
+        let count = |items: &[T]| {
+            let mut counts = [0usize; B];
+            for &item in items {
+                counts[bucket(item)] += 1;
+            }
+            counts
+        };
+        if in_parallel(items.len(), PARALLEL_PASS) {
+            Self::Pieces(items.par_chunks(CHUNK).map(count).collect())
+        } else {
+            Self::Whole(count(items))
+        }
+    }
+
+    fn pieces(&self) -> &[[usize; B]] {
+        match self {
+            Self::Whole(counts) => std::slice::from_ref(counts),
+            Self::Pieces(pieces) => pieces,
+        }
+    }
+
+    /// Whether all `n` items fall in one bucket.
+    fn single_bucket(&self, n: usize) -> bool {
+        (0..B).any(|b| self.pieces().iter().map(|c| c[b]).sum::<usize>() == n)
+    }
+
+    /// Turns the counts into each piece's first slot per bucket (buckets in order, and the
+    /// pieces in order within a bucket, so that scattering every piece in order is stable);
+    /// returns the bucket ends.
+    fn make_slots(&mut self) -> [usize; B] {
+        let pieces = match self {
+            Self::Whole(counts) => std::slice::from_mut(counts),
+            Self::Pieces(pieces) => pieces.as_mut_slice(),
+        };
+        let mut ends = [0usize; B];
+        let mut sum = 0;
+        for (d, end) in ends.iter_mut().enumerate() {
+            for counts in pieces.iter_mut() {
+                let here = counts[d];
+                counts[d] = sum;
+                sum += here;
+            }
+            *end = sum;
+        }
+        ends
+    }
+
+    /// Runs `scatter(start, items, slots)` on every piece of `items` (in parallel when there are
+    /// several), `start` being the piece's offset; returns the sum of the results. The counts
+    /// must have been turned into slots.
+    fn scatter<T: Sync>(
+        &mut self,
+        items: &[T],
+        scatter: impl Fn(usize, &[T], &mut [usize; B]) -> u64 + Sync,
+    ) -> u64 {
+        match self {
+            Self::Whole(slots) => scatter(0, items, slots),
+            Self::Pieces(pieces) => items
+                .par_chunks(CHUNK)
+                .zip(pieces.par_iter_mut())
+                .enumerate()
+                .map(|(c, (items, slots))| scatter(c * CHUNK, items, slots))
+                .sum(),
+        }
+    }
+}
+
+/// Inputs of at least this many keys are split by quantiles (`Split::Quantiles`): a digit can
+/// leave almost all keys in one bucket (floating-point keys crowd into few exponents, and one
+/// tiny value or zero among scores in [0.5, 1] makes the top varying digit separate it alone).
+const QUANTILE_SPLIT: usize = 1 << 16;
+
+/// Where a radix pass puts each key; keys below `base` do not occur.
+enum Split {
+    /// The digit `(key - base) >> shift`, the keys lying in `[base, base + (buckets << shift))`.
+    Digit { base: u64, shift: u32 },
+    /// `table[(key - base) >> shift]`, the keys lying in `[base, base + 2^(16 + shift))`: a
+    /// nondecreasing map from their top 16 bits above `base` to buckets, built from a sample of
+    /// the keys so that the buckets hold about equally many (`quantiles`).
+    Quantiles {
+        base: u64,
+        shift: u32,
+        table: Box<[u8; 1 << 16]>,
+    },
+}
+
+impl Split {
+    #[inline(always)]
+    fn bucket<const B: usize>(&self, key: u64) -> usize {
+        match self {
+            Self::Digit { base, shift } => ((key - base) >> shift) as usize & (B - 1),
+            Self::Quantiles { base, shift, table } => {
+                usize::from(table[((key - base) >> shift) as usize & 0xffff])
+            }
+        }
+    }
+
+    /// The `Range` of the keys in bucket `b`, when known.
+    fn bucket_range(&self, b: usize) -> Option<Range> {
+        match *self {
+            Self::Digit { base, shift } => Some(Range {
+                base: base + ((b as u64) << shift),
+                bits: shift,
+            }),
+            Self::Quantiles { .. } => None,
+        }
+    }
+}
+
+/// How to split `items` into `B` buckets by their `key`s, with the buckets' counts; `None` when
+/// all keys are equal. `range`, when known, holds all keys.
+///
+/// Small inputs are split on a `digit_bits`-bit digit above the base of their range: the top
+/// digit of the known range, or of their smallest range when they all share that one (one more
+/// pass). Large inputs are split by quantiles of the top 16 bits of the known range (of the key
+/// when there is none), or, when a sample crowds into one value of these, of their smallest
+/// range; and on a digit when that still leaves them in one bucket. Every split leaves at least
+/// two buckets, so that the recursion ends.
+fn split<const B: usize, T: Copy + Sync>(
+    items: &[T],
+    key: impl Fn(T) -> u64 + Sync + Copy,
+    range: Option<Range>,
+    digit_bits: u32,
+) -> Option<(Split, BucketCounts<B>)> {
+    let n = items.len();
+    let count = |split: &Split| BucketCounts::<B>::new(items, |item| split.bucket::<B>(key(item)));
+    let digit = |range: Range| Split::Digit {
+        base: range.base,
+        shift: range.bits.saturating_sub(digit_bits),
+    };
+    if range.is_some_and(|r| r.bits == 0) {
+        return None;
+    }
+    let known = match range {
+        _ if n >= QUANTILE_SPLIT => {
+            quantiles::<B, T>(items, key, range.unwrap_or(Range { base: 0, bits: 64 }))
+        }
+        Some(range) => Some(digit(range)),
+        None => None,
+    };
+    if let Some(split) = known {
+        let counts = count(&split);
+        if !counts.single_bucket(n) {
+            return Some((split, counts));
+        }
+    }
+    let range = key_range(items, key)?;
+    if n >= QUANTILE_SPLIT {
+        if let Some(split) = quantiles::<B, T>(items, key, range) {
+            let counts = count(&split);
+            if !counts.single_bucket(n) {
+                return Some((split, counts));
+            }
+        }
+    }
+    let split = digit(range);
+    let counts = count(&split);
+    Some((split, counts))
+}
+
+/// `Split::Quantiles` on the top 16 bits of `range`, which holds all keys, from at most 2^16
+/// evenly spaced keys; `None` when more than half of these share their top 16 bits.
+fn quantiles<const B: usize, T: Copy>(
+    items: &[T],
+    key: impl Fn(T) -> u64,
+    range: Range,
+) -> Option<Split> {
+    let (base, shift) = (range.base, range.bits.saturating_sub(16));
+    let step = items.len().div_ceil(1 << 16);
+    let mut histogram = vec![0usize; 1 << 16];
+    for &item in items.iter().step_by(step) {
+        histogram[((key(item) - base) >> shift) as usize & 0xffff] += 1;
+    }
+    let samples = items.len().div_ceil(step);
+    if histogram.iter().any(|&count| 2 * count > samples) {
+        return None;
+    }
+    let mut table = Box::new([0u8; 1 << 16]);
+    let mut below = 0;
+    for (bucket, &count) in table.iter_mut().zip(&histogram) {
+        *bucket = (below * B / samples).min(B - 1) as u8;
+        below += count;
+    }
+    Some(Split::Quantiles { base, shift, table })
+}
+
+/// The buckets `[previous end, end)` of `v`, empty ones included.
+fn buckets<'a, T>(mut v: &'a mut [T], ends: &[usize]) -> Vec<&'a mut [T]> {
+    let mut buckets = Vec::with_capacity(ends.len());
+    let mut start = 0;
+    for &end in ends {
+        let (bucket, rest) = std::mem::take(&mut v).split_at_mut(end - start);
+        buckets.push(bucket);
+        v = rest;
+        start = end;
+    }
+    buckets
+}
+
+// Sorting the points.
+
+/// Digit of the point sort: a byte (256 buckets: few enough write streams for the cache).
+const SORT_DIGIT: u32 = 8;
+const SORT_BUCKETS: usize = 1 << SORT_DIGIT;
+/// Buckets of at most this many points are sorted by insertion.
+const SORT_LEAF: usize = 32;
+
+/// A point as the keys of its x and y.
+type Point = [u64; 2];
+
+/// Ties found by `sort_points`: pairs with equal x, and with equal x and equal y.
+#[derive(Clone, Copy, Default)]
+struct Ties {
+    x: u64,
+    xy: u64,
+}
+
+impl std::ops::Add for Ties {
+    type Output = Self;
+
+    fn add(self, other: Self) -> Self {
+        Self {
+            x: self.x + other.x,
+            xy: self.xy + other.xy,
+        }
+    }
+}
+
+/// Sorts the points (x[i], y[i]) by x, and equal x by y, writing y's keys in that order to `ys`;
+/// returns their ties. `points` (as long as `x`) receives the points' keys.
+///
+/// The first radix pass reads the values themselves and scatters their keys into `points`; then
+/// `sort_points` sorts each bucket with a scratch buffer of the bucket's length (one per thread,
+/// reused), so that the sort needs memory for n points, not 2n.
+fn sort_by_x(x: &[f64], y: &[f64], points: &mut [Point], ys: &mut [u64]) -> Ties {
+    let n = x.len();
+    let Some((split, mut counts)) = split::<SORT_BUCKETS, _>(x, order_key, None, SORT_DIGIT) else {
+        return sort_equal_x(y.iter().map(|&v| order_key(v)), ys);
+    };
+    let ends = counts.make_slots();
+    let to = SharedMut::new(points);
+    counts.scatter(x, |start, xs, slots| {
+        for (&a, &b) in xs.iter().zip(&y[start..]) {
+            let p = [order_key(a), order_key(b)];
+            let d = split.bucket::<SORT_BUCKETS>(p[0]);
+            let slot = slots[d];
+            slots[d] += 1;
+            // SAFETY: the slots of one piece and bucket are the `count(piece, bucket)` indices
+            // from its first slot, disjoint from every other piece's and bucket's and below n
+            // (`make_slots`); `points` is not read until `scatter` returns.
+            unsafe { to.write(slot, p) };
+        }
+        0
+    });
+    let sort = |scratch: &mut Vec<Point>,
+                (b, (bucket, ys)): (usize, (&mut [Point], &mut [u64]))| {
+        if scratch.len() < bucket.len() {
+            scratch.resize(bucket.len(), [0; 2]);
+        }
+        sort_points(
+            bucket,
+            &mut scratch[..bucket.len()],
+            ys,
+            split.bucket_range(b),
+        )
+    };
+    let tasks = buckets(points, &ends)
+        .into_iter()
+        .zip(buckets(ys, &ends))
+        .enumerate()
+        .filter(|(_, (bucket, _))| !bucket.is_empty());
+    if in_parallel(n, PARALLEL_BUCKETS) {
+        tasks
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .map_init(Vec::new, sort)
+            .reduce(Ties::default, |a, b| a + b)
+    } else {
+        let mut scratch = Vec::new();
+        tasks.fold(Ties::default(), |ties, task| {
+            ties + sort(&mut scratch, task)
+        })
+    }
+}
+
+/// The ties of points with equal x and the y keys `y`, which it writes to `ys` sorted.
+fn sort_equal_x(y: impl Iterator<Item = u64>, ys: &mut [u64]) -> Ties {
+    for (k, v) in ys.iter_mut().zip(y) {
+        *k = v;
+    }
+    if in_parallel(ys.len(), PARALLEL_PASS) {
+        ys.par_sort_unstable();
+    } else {
+        ys.sort_unstable();
+    }
+    Ties {
+        x: pairs(ys.len()),
+        xy: tied_pairs(ys.iter()),
+    }
+}
+
+/// Sorts `points` by x, and equal x by y, writing their y keys in that order to `ys` and
+/// returning their ties; `scratch` and `ys` have the same length as `points`, and `bits`, when
+/// known, is the bit from which the x keys agree. `points` and `scratch` are left in any order.
+///
+/// MSD radix sort: one pass scatters the points into `scratch` by their x keys' bucket (see
+/// `split`: a byte of the keys, or quantiles for large inputs), then every bucket is sorted the
+/// same way, `scratch` and `points` swapping roles. Small buckets are sorted by insertion, and a
+/// bucket whose x keys are all equal by sorting its y keys. Large passes run in parallel pieces,
+/// and the buckets of large passes as parallel tasks.
+fn sort_points(
+    points: &mut [Point],
+    scratch: &mut [Point],
+    ys: &mut [u64],
+    range: Option<Range>,
+) -> Ties {
+    let n = points.len();
+    if n <= SORT_LEAF {
+        return sort_leaf(points, ys);
+    }
+    let Some((split, mut counts)) = split::<SORT_BUCKETS, _>(points, |p| p[0], range, SORT_DIGIT)
+    else {
+        return sort_equal_x(points.iter().map(|p| p[1]), ys);
+    };
+    let ends = counts.make_slots();
+    let to = SharedMut::new(scratch);
+    counts.scatter(points, |_, points, slots| {
+        for &p in points {
+            let d = split.bucket::<SORT_BUCKETS>(p[0]);
+            let slot = slots[d];
+            slots[d] += 1;
+            // SAFETY: as in `sort_by_x`: the slots of one piece and bucket are disjoint from
+            // every other's and below n, and `scratch` is not read until `scatter` returns.
+            unsafe { to.write(slot, p) };
+        }
+        0
+    });
+    let sort = |b: usize, bucket: &mut [Point], scratch: &mut [Point], ys: &mut [u64]| {
+        sort_points(bucket, scratch, ys, split.bucket_range(b))
+    };
+    if in_parallel(n, PARALLEL_BUCKETS) {
+        let tasks = buckets(scratch, &ends)
+            .into_iter()
+            .zip(buckets(points, &ends))
+            .zip(buckets(ys, &ends));
+        tasks
+            .enumerate()
+            .filter(|(_, ((bucket, _), _))| !bucket.is_empty())
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .map(|(b, ((bucket, s), y))| sort(b, bucket, s, y))
+            .reduce(Ties::default, |a, b| a + b)
+    } else {
+        let mut ties = Ties::default();
+        let mut start = 0;
+        for (b, end) in ends.into_iter().enumerate() {
+            if end > start {
+                let r = start..end;
+                let (bucket, s) = (&mut scratch[r.clone()], &mut points[r.clone()]);
+                ties = ties + sort(b, bucket, s, &mut ys[r]);
+            }
+            start = end;
+        }
+        ties
+    }
+}
+
+/// Sorts a few points by (x, y) by insertion and writes their y keys to `ys`; returns their ties.
+fn sort_leaf(points: &mut [Point], ys: &mut [u64]) -> Ties {
+    for i in 1..points.len() {
+        let p = points[i];
         let mut j = i;
-        while j > 0 && v[j - 1] > x {
-            v[j] = v[j - 1];
+        while j > 0 && points[j - 1] > p {
+            points[j] = points[j - 1];
             j -= 1;
         }
-        inv += (i - j) as u64;
-        v[j] = x;
+        points[j] = p;
     }
-    inv
+    for (y, p) in ys.iter_mut().zip(points.iter()) {
+        *y = p[1];
+    }
+    Ties {
+        x: tied_pairs(points.iter().map(|p| p[0])),
+        xy: tied_pairs(points.iter()),
+    }
 }
 
-/// Merges sorted `a` and `b` into `out`; each element of `b` placed before remaining elements of
-/// `a` is one inversion per such element. The main loop has no data-dependent branch.
-fn merge_count(a: &[u64], b: &[u64], out: &mut [u64]) -> u64 {
-    assert_eq!(a.len() + b.len(), out.len());
-    let (na, nb) = (a.len(), b.len());
-    let (mut i, mut j, mut k) = (0, 0, 0);
-    let mut inv = 0u64;
-    while i < na && j < nb {
-        // SAFETY: i < na, j < nb and k = i + j < na + nb = out.len().
-        let (x, y) = unsafe { (*a.get_unchecked(i), *b.get_unchecked(j)) };
-        let take_b = y < x;
-        // SAFETY: k < out.len(), as above.
-        unsafe { *out.get_unchecked_mut(k) = if take_b { y } else { x } };
-        inv += (na - i) as u64 * take_b as u64;
-        i += !take_b as usize;
-        j += take_b as usize;
-        k += 1;
+// Counting inversions.
+
+/// Digit of the inversion count: 4 bits, so that the counters of a pass are one 16-lane vector.
+const COUNT_DIGIT: u32 = 4;
+const COUNT_BUCKETS: usize = 1 << COUNT_DIGIT;
+/// Buckets of at most this many keys are counted by insertion sort.
+const COUNT_LEAF: usize = 16;
+
+/// `LOWER[d][e]` is 1 for the buckets e below d.
+static LOWER: [[u32; COUNT_BUCKETS]; COUNT_BUCKETS] = {
+    let mut lower = [[0; COUNT_BUCKETS]; COUNT_BUCKETS];
+    let mut d = 0;
+    while d < COUNT_BUCKETS {
+        let mut e = 0;
+        while e < d {
+            lower[d][e] = 1;
+            e += 1;
+        }
+        d += 1;
     }
-    out[k..k + na - i].copy_from_slice(&a[i..]);
-    out[k + na - i..].copy_from_slice(&b[j..]);
-    inv
+    lower
+};
+
+/// The strict inversions (pairs p < q with keys[p] > keys[q]) and the equal pairs of `keys`;
+/// `scratch` has the same length, `bits`, when known, is the bit from which the keys agree, and
+/// both buffers are left permuted.
+///
+/// MSD radix partition into 16 buckets (see `split`: 4 bits of the keys, or quantiles for large
+/// inputs): one stable pass scatters the keys by bucket and counts, for each key, the earlier
+/// keys in a higher bucket (a 16-lane counter vector); the inverted pairs within a bucket are
+/// counted the same way in the bucket, `scratch` and `keys` swapping roles. Small buckets are
+/// counted by insertion sort, and a bucket of equal keys gives only equal pairs. Large passes run
+/// in parallel pieces, the inverted pairs across pieces counted from the pieces' bucket counts,
+/// and the buckets of large passes as parallel tasks.
+fn count_inversions(keys: &mut [u64], scratch: &mut [u64], range: Option<Range>) -> (u64, u64) {
+    let n = keys.len();
+    if n <= COUNT_LEAF {
+        return count_leaf(keys);
+    }
+    let Some((split, mut counts)) = split::<COUNT_BUCKETS, _>(keys, |k| k, range, COUNT_DIGIT)
+    else {
+        return (0, pairs(n));
+    };
+    let across = inversions_across(counts.pieces());
+    let ends = counts.make_slots();
+    let to = SharedMut::new(scratch);
+    let within = counts.scatter(keys, |_, keys, slots| {
+        // greater[e]: the keys so far whose bucket is above e.
+        let mut greater = [0u32; COUNT_BUCKETS];
+        let mut inversions = 0;
+        for &k in keys {
+            let d = split.bucket::<COUNT_BUCKETS>(k);
+            inversions += u64::from(greater[d]);
+            for (g, lower) in greater.iter_mut().zip(&LOWER[d]) {
+                *g += lower;
+            }
+            let slot = slots[d];
+            slots[d] += 1;
+            // SAFETY: as in `sort_by_x`: the slots of one piece and bucket are disjoint from
+            // every other's and below n, and `scratch` is not read until `scatter` returns.
+            unsafe { to.write(slot, k) };
+        }
+        inversions
+    });
+    let count = |b: usize, bucket: &mut [u64], scratch: &mut [u64]| {
+        count_inversions(bucket, scratch, split.bucket_range(b))
+    };
+    let add = |a: (u64, u64), b: (u64, u64)| (a.0 + b.0, a.1 + b.1);
+    let (below, equal) = if in_parallel(n, PARALLEL_BUCKETS) {
+        let tasks = buckets(scratch, &ends)
+            .into_iter()
+            .zip(buckets(keys, &ends));
+        tasks
+            .enumerate()
+            .filter(|(_, (bucket, _))| bucket.len() > 1)
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .map(|(b, (bucket, s))| count(b, bucket, s))
+            .reduce(|| (0, 0), add)
+    } else {
+        let mut total = (0, 0);
+        let mut start = 0;
+        for (b, end) in ends.into_iter().enumerate() {
+            if end - start > 1 {
+                let r = start..end;
+                total = add(total, count(b, &mut scratch[r.clone()], &mut keys[r]));
+            }
+            start = end;
+        }
+        total
+    };
+    (across + within + below, equal)
+}
+
+/// The pairs of keys in different pieces whose earlier key is in the higher bucket, from the
+/// pieces' bucket counts.
+fn inversions_across(pieces: &[[usize; COUNT_BUCKETS]]) -> u64 {
+    let mut before = [0u64; COUNT_BUCKETS];
+    let mut inversions = 0;
+    for counts in pieces {
+        let mut greater = 0;
+        for d in (0..COUNT_BUCKETS).rev() {
+            inversions += counts[d] as u64 * greater;
+            greater += before[d];
+        }
+        for (b, &c) in before.iter_mut().zip(counts) {
+            *b += c as u64;
+        }
+    }
+    inversions
+}
+
+/// Strict inversions and equal pairs of a few keys, by insertion sort.
+fn count_leaf(keys: &mut [u64]) -> (u64, u64) {
+    let mut inversions = 0;
+    for i in 1..keys.len() {
+        let k = keys[i];
+        let mut j = i;
+        while j > 0 && keys[j - 1] > k {
+            keys[j] = keys[j - 1];
+            j -= 1;
+        }
+        inversions += (i - j) as u64;
+        keys[j] = k;
+    }
+    (inversions, tied_pairs(keys.iter()))
 }
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     #[test]
@@ -865,7 +1310,7 @@ mod tests {
 
     /// Tie runs longer than a chunk and crossing chunk borders, against a sequential reference.
     #[test]
-    fn parallel_ranks_and_inversions_match_sequential() {
+    fn parallel_ranks_match_sequential() {
         let mut state = 99u64;
         let mut next = || {
             state = state
@@ -891,23 +1336,6 @@ mod tests {
                 start = end;
             }
             assert_eq!(doubled_average_ranks(&values), expected);
-
-            let keys: Vec<u64> = values.iter().map(|&v| order_key(v)).collect();
-            let (a, b) = keys.split_at(keys.len() / 3);
-            let (mut a, mut b) = (a.to_vec(), b.to_vec());
-            a.sort_unstable();
-            b.sort_unstable();
-            let (mut seq, mut par) = (vec![0; keys.len()], vec![0; keys.len()]);
-            assert_eq!(
-                merge_count(&a, &b, &mut seq),
-                merge_count_par(&a, &b, &mut par)
-            );
-            assert_eq!(seq, par);
-            assert_eq!(
-                merge_count(&b, &a, &mut seq),
-                merge_count_par(&b, &a, &mut par)
-            );
-            assert_eq!(seq, par);
         }
     }
 
@@ -923,9 +1351,14 @@ mod tests {
     #[test]
     fn inversions() {
         let mut v = vec![3, 1, 2, 2, 0];
-        assert_eq!(count_inversions(&mut v), 7);
+        let mut scratch = vec![0; v.len()];
+        assert_eq!(count_inversions(&mut v, &mut scratch, None), (7, 1));
         let mut big: Vec<u64> = (0..100_000).rev().collect();
-        assert_eq!(count_inversions(&mut big), 100_000 * 99_999 / 2);
+        let mut scratch = vec![0; big.len()];
+        assert_eq!(
+            count_inversions(&mut big, &mut scratch, None),
+            (100_000 * 99_999 / 2, 0)
+        );
     }
 
     #[test]
@@ -964,5 +1397,287 @@ mod tests {
             plcc(&[1.0, f64::NAN, 2.0], &[1.0, 5.0, 3.0], omit).unwrap(),
             1.0
         );
+    }
+
+    /// Strict inversions and equal pairs, from all pairs.
+    fn naive_inversions(keys: &[u64]) -> (u64, u64) {
+        let (mut inversions, mut equal) = (0, 0);
+        for (i, &a) in keys.iter().enumerate() {
+            for &b in &keys[i + 1..] {
+                inversions += u64::from(a > b);
+                equal += u64::from(a == b);
+            }
+        }
+        (inversions, equal)
+    }
+
+    /// Strict inversions and equal pairs by a bottom-up merge sort, for inputs too long for
+    /// `naive_inversions`.
+    fn merge_inversions(keys: &[u64]) -> (u64, u64) {
+        let (mut v, mut out) = (keys.to_vec(), vec![0; keys.len()]);
+        let mut inversions = 0;
+        let mut width = 1;
+        while width < v.len() {
+            for (run, merged) in v.chunks(2 * width).zip(out.chunks_mut(2 * width)) {
+                let (left, right) = run.split_at(width.min(run.len()));
+                let (mut i, mut j) = (0, 0);
+                for slot in merged {
+                    if j == right.len() || (i < left.len() && left[i] <= right[j]) {
+                        *slot = left[i];
+                        i += 1;
+                    } else {
+                        inversions += (left.len() - i) as u64;
+                        *slot = right[j];
+                        j += 1;
+                    }
+                }
+            }
+            std::mem::swap(&mut v, &mut out);
+            width *= 2;
+        }
+        (inversions, tied_pairs(&v))
+    }
+
+    /// Kendall's pair counts from all pairs.
+    fn naive_counts(x: &[f64], y: &[f64]) -> KendallCounts {
+        let mut c = KendallCounts::default();
+        for i in 0..x.len() {
+            for j in i + 1..x.len() {
+                let (dx, dy) = (x[i] - x[j], y[i] - y[j]);
+                c.x_ties += u64::from(dx == 0.0);
+                c.y_ties += u64::from(dy == 0.0);
+                c.xy_ties += u64::from(dx == 0.0 && dy == 0.0);
+                c.discordant += u64::from(dx * dy < 0.0);
+            }
+        }
+        c
+    }
+
+    /// Kendall's pair counts with std's sort and `merge_inversions`.
+    fn reference_counts(x: &[f64], y: &[f64]) -> KendallCounts {
+        let mut points: Vec<(u64, u64)> = x
+            .iter()
+            .zip(y)
+            .map(|(&a, &b)| (order_key(a), order_key(b)))
+            .collect();
+        points.sort_unstable();
+        let xs: Vec<u64> = points.iter().map(|p| p.0).collect();
+        let ys: Vec<u64> = points.iter().map(|p| p.1).collect();
+        let (discordant, y_ties) = merge_inversions(&ys);
+        KendallCounts {
+            discordant,
+            x_ties: tied_pairs(&xs),
+            y_ties,
+            xy_ties: tied_pairs(&points),
+        }
+    }
+
+    fn in_pool<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> T {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(f)
+    }
+
+    fn counted(keys: &[u64]) -> (u64, u64) {
+        let (mut keys, mut scratch) = (keys.to_vec(), vec![0; keys.len()]);
+        count_inversions(&mut keys, &mut scratch, None)
+    }
+
+    /// Keys from a few values (heavy ties), from a shared high part with varying low bits (a
+    /// digit that is the same throughout), or from all of u64.
+    fn keys(n: usize) -> impl Strategy<Value = Vec<u64>> {
+        prop_oneof![
+            prop::collection::vec(0..4u64, n),
+            prop::collection::vec(0..60u64, n),
+            prop::collection::vec((0..3u64, any::<u16>()), n).prop_map(|v| v
+                .into_iter()
+                .map(|(h, l)| (h << 40) | u64::from(l))
+                .collect()),
+            prop::collection::vec(any::<u64>(), n),
+        ]
+    }
+
+    /// Lengths on both sides of the leaf sizes and around a few bucket splits.
+    fn lengths() -> impl Strategy<Value = usize> {
+        prop_oneof![
+            0..40usize,
+            (COUNT_LEAF - 1)..=(COUNT_LEAF + 1),
+            (SORT_LEAF - 1)..=(SORT_LEAF + 1),
+            200..1200usize,
+        ]
+    }
+
+    /// Scores as the models give them (two decimals) or continuous, with both zeros.
+    fn scores(n: usize) -> impl Strategy<Value = Vec<f64>> {
+        prop_oneof![
+            prop::collection::vec((0..=100u32).prop_map(|v| f64::from(v) / 100.0), n),
+            prop::collection::vec((0..3u32).prop_map(|v| [-0.0, 0.0, 1.0][v as usize]), n),
+            prop::collection::vec(-1e3..1e3f64, n),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+
+        #[test]
+        fn inversion_count_matches_all_pairs(keys in lengths().prop_flat_map(keys)) {
+            let want = naive_inversions(&keys);
+            prop_assert_eq!(merge_inversions(&keys), want);
+            prop_assert_eq!(counted(&keys), want);
+        }
+
+        #[test]
+        fn kendall_counts_match_all_pairs(
+            (x, y) in lengths().prop_flat_map(|n| (scores(n), scores(n)))
+        ) {
+            prop_assert_eq!(kendall_counts(&x, &y), naive_counts(&x, &y));
+        }
+    }
+
+    /// Large inputs whose quantile split would leave one bucket (a lone key below many equal
+    /// ones, which the sample may miss) or that crowd into one 16-bit prefix.
+    #[test]
+    fn skewed_large_inputs() {
+        let n = QUANTILE_SPLIT + 5;
+        let mut lone_low = vec![1u64 << 40; n];
+        lone_low[n / 2 + 1] = 3;
+        let mut lone_high = vec![5u64; n];
+        lone_high[7] = u64::MAX;
+        let crowded: Vec<u64> = (0..n as u64)
+            .map(|i| {
+                if i % 1000 == 0 {
+                    i << 40
+                } else {
+                    (1 << 50) + (i * 7919) % 5000
+                }
+            })
+            .collect();
+        for keys in [lone_low, lone_high, crowded] {
+            for threads in [1, 3] {
+                assert_eq!(in_pool(threads, || counted(&keys)), merge_inversions(&keys));
+            }
+            let x: Vec<f64> = keys.iter().map(|&k| k as f64).collect();
+            let y: Vec<f64> = keys.iter().rev().map(|&k| (k % 977) as f64).collect();
+            for threads in [1, 3] {
+                let got = in_pool(threads, || kendall_counts(&x, &y));
+                assert_eq!(got, reference_counts(&x, &y));
+            }
+        }
+        // One x for all but a few points: a bucket of equal x large enough to sort in parallel.
+        let n = PARALLEL_PASS + 3;
+        let x: Vec<f64> = (0..n)
+            .map(|i| if i % 50_000 == 7 { i as f64 } else { 0.5 })
+            .collect();
+        let y: Vec<f64> = (0..n).map(|i| ((i * 7919) % 100_003) as f64).collect();
+        let want = reference_counts(&x, &y);
+        for threads in [1, 3] {
+            assert_eq!(in_pool(threads, || kendall_counts(&x, &y)), want);
+        }
+    }
+
+    /// Lengths around the parallel and quantile thresholds, with one thread and with several,
+    /// continuous and heavily tied (the largest with fewer cases: they take seconds unoptimised).
+    #[test]
+    fn counts_at_thresholds() {
+        let mut state = 7u64;
+        let mut next = move || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let round = |v: &[f64]| -> Vec<f64> {
+            v.iter()
+                .map(|&a| (a.clamp(0.0, 1.0) * 100.0).round() / 100.0)
+                .collect()
+        };
+        for (n, threads) in [
+            (PARALLEL_BUCKETS - 1, &[1, 3][..]),
+            (PARALLEL_BUCKETS + 1, &[1, 3]),
+            (QUANTILE_SPLIT - 1, &[1, 3]),
+            (QUANTILE_SPLIT + 1, &[1, 3]),
+            // Below this the passes run whole with any number of threads.
+            (PARALLEL_PASS - 1, &[3]),
+            (PARALLEL_PASS + 1, &[3]),
+        ] {
+            let x: Vec<f64> = (0..n).map(|_| next()).collect();
+            let y: Vec<f64> = x.iter().map(|&a| a + 0.3 * (next() - 0.5)).collect();
+            let (tx, ty) = (round(&x), round(&y));
+            let mut cases = vec![(&x, &y), (&tx, &y)];
+            if n < QUANTILE_SPLIT {
+                cases.push((&tx, &ty));
+            }
+            for (x, y) in cases {
+                let want = reference_counts(x, y);
+                let keys: Vec<u64> = y.iter().map(|&v| order_key(v)).collect();
+                let want_inversions = merge_inversions(&keys);
+                for &threads in threads {
+                    assert_eq!(in_pool(threads, || kendall_counts(x, y)), want, "n={n}");
+                    let got = in_pool(threads, || counted(&keys));
+                    assert_eq!(got, want_inversions, "n={n}");
+                }
+            }
+        }
+    }
+
+    /// Where Kendall's time goes at n = 10^6 (best of 7 per phase), continuous, with two-decimal
+    /// scores, and with two-decimal x only, with 1 and 2 threads:
+    /// `cargo test --release --lib profile_kendall -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn profile_kendall() {
+        use std::time::Instant;
+        let mut state = 7u64;
+        let mut next = move || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let x: Vec<f64> = (0..1_000_000).map(|_| next()).collect();
+        let y: Vec<f64> = x
+            .iter()
+            .map(|&a| a + 0.3 * (next() + next() - 1.0))
+            .collect();
+        let round = |v: &[f64]| -> Vec<f64> {
+            v.iter()
+                .map(|&a| (a.clamp(0.0, 1.0) * 100.0).round() / 100.0)
+                .collect()
+        };
+        let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
+        for (data, x, y) in [
+            ("continuous", x.clone(), y.clone()),
+            ("2 decimals", round(&x), round(&y)),
+            ("x 2 decimals", round(&x), y.clone()),
+        ] {
+            for threads in [1, 2] {
+                let mut best = [f64::INFINITY; 3];
+                in_pool(threads, || {
+                    for _ in 0..7 {
+                        let start = Instant::now();
+                        let mut points = vec![[0; 2]; x.len()];
+                        let mut ys = vec![0; x.len()];
+                        sort_by_x(&x, &y, &mut points, &mut ys);
+                        let sort = ms(start);
+                        let start = Instant::now();
+                        let scratch = &mut points.as_flattened_mut()[..ys.len()];
+                        count_inversions(&mut ys, scratch, None);
+                        let count = ms(start);
+                        let start = Instant::now();
+                        std::hint::black_box(kendall_tau_b(&x, &y));
+                        let total = ms(start);
+                        for (b, t) in best.iter_mut().zip([sort, count, total]) {
+                            *b = b.min(t);
+                        }
+                    }
+                });
+                println!(
+                    "{data}, {threads} thread(s): sort by x {:.1} ms, inversions {:.1} ms; krcc {:.1} ms",
+                    best[0], best[1], best[2]
+                );
+            }
+        }
     }
 }
