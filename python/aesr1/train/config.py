@@ -42,6 +42,33 @@ from aesr1.rollout.config import RolloutConfig
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
+#: Qwen2.5-VL's language-model projections; `LoraConfig.target_modules` matches them outside the
+#: vision tower (`visual.`), which a LoRA run keeps frozen.
+QWEN2_5_VL_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class LoraConfig:
+    """Low-rank adapters (peft's LoRA) on the language model, for both stages.
+
+    Attributes:
+        r: adapter rank; None (default) trains every weight (full fine-tuning), an integer >= 1
+            turns LoRA on: the cold start trains an adapter and RAPO continues it.
+        alpha: LoRA scaling numerator (peft's `lora_alpha`); None means 2 r.
+        dropout: dropout on the adapter input (peft's `lora_dropout`).
+        target_modules: module-name suffixes to adapt, matched in the language model only (the vision
+            tower stays frozen); default: Qwen2.5-VL's attention and MLP projections.
+        merge_before_rapo: merge the cold-start adapter into the weights and start a fresh adapter
+            for RAPO (the reference is then the merged cold-start model), instead of continuing it.
+    """
+
+    r: int | None = None
+    alpha: float | None = None
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: list(QWEN2_5_VL_LORA_TARGETS))
+    merge_before_rapo: bool = False
+
+
 @dataclass
 class ModelConfig:
     """The policy model.
@@ -60,6 +87,7 @@ class ModelConfig:
         tiny_split_digits: pre-split numbers into single digits, as Qwen2's tokenizer does, so a
             score is "0" "." digit digit: a 10-way choice for the tenths digit instead of one 100-way
             token, which a tiny model learns several times faster.
+        lora: low-rank adapters instead of full fine-tuning (`LoraConfig`; off by default).
     """
 
     name_or_path: str | None = None
@@ -72,6 +100,7 @@ class ModelConfig:
     tiny_layers: int = 2
     tiny_intermediate_size: int = 128
     tiny_split_digits: bool = True
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 @dataclass
@@ -685,6 +714,9 @@ NUMERIC_RANGES: dict[str, str] = {
     "model.tiny_hidden_size": ">= 16",
     "model.tiny_layers": ">= 1",
     "model.tiny_intermediate_size": ">= 1",
+    "model.lora.r": ">= 1",
+    "model.lora.alpha": "> 0",
+    "model.lora.dropout": "[0, 1)",
     "data.synthetic_n": ">= 2",  # a train/held-out split needs two images
     "data.synthetic_image_size": ">= 16",
     "data.test_fraction": "(0, 1)",
