@@ -22,6 +22,8 @@ COMPARISON_FILE = "comparison.md"
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    from aesr1.score.__main__ import add_mode_arguments
+
     defaults = EvalConfig()
     parser = argparse.ArgumentParser(
         prog=prog,
@@ -51,21 +53,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         dest="output",
         default=None,
     )
-    from aesr1.score.modes import SCORE_MODES
-
-    parser.add_argument(
-        "--mode", choices=SCORE_MODES, help="greedy (one greedy answer), sample (mean of --samples "
-        "answers) or expected (expected answer from the digit probabilities); default: sample when "
-        "--temperature > 0 or --samples > 1, else greedy",
-    )  # fmt: skip
-    parser.add_argument("--preset", default=defaults.preset, help="prompt and answer format "
-                        "(aesr1, visualquality-r1, ...; default: %(default)s)")  # fmt: skip
-    parser.add_argument(
-        "--samples", type=int, help="sample mode: completions per image (default: 4, as RAPO)"
-    )
-    parser.add_argument("--temperature", type=float, help="sample mode: temperature (default: 1.0, as RAPO)")
-    parser.add_argument("--top-p", type=float)
-    parser.add_argument("--max-new-tokens", type=int, help="completion cap (default: the preset's, 1024)")
+    add_mode_arguments(parser, preset=defaults.preset)
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--seed", type=int, default=defaults.seed, help="sampling and 9:1 split seed")
     parser.add_argument("--limit", type=int, help="evaluate only the first N images of each dataset")

@@ -18,26 +18,35 @@ from aesr1.score.bulk import add_bulk_arguments, check_bulk_flags
 PROG = "python -m aesr1.score"
 
 
-def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags that choose how images are scored; `score`, `compare` and `rank` share them."""
+def add_mode_arguments(parser: argparse.ArgumentParser, *, preset: str = "aesr1") -> None:
+    """The flags that choose how one image's score is read off the model (`aesr1.score.modes`):
+    `score`, `compare`, `rank`, `serve` and `eval` share them."""
     from aesr1.score.modes import SCORE_MODES
 
-    parser.add_argument("--model", required=True, help="local model directory (Qwen2.5-VL style)")
     parser.add_argument(
         "--mode", choices=SCORE_MODES, help="greedy (one greedy answer), sample (mean ± std of --samples "
         "answers) or expected (expected answer ± std from the digit probabilities); default: sample "
         "when --temperature > 0 or --samples > 1, else greedy",
     )  # fmt: skip
-    parser.add_argument("--preset", default="aesr1", help="prompt and answer format (default: %(default)s)")
     parser.add_argument(
-        "--scale", help="report scores on lo-hi, e.g. 1-5 or 1-10 (default: the preset's, 0-1)"
-    )
+        "--preset", default=preset,
+        help="prompt and answer format (aesr1, aesr1-release, visualquality-r1, ...; default: %(default)s)",
+    )  # fmt: skip
     parser.add_argument(
         "--samples", type=int, help="sample mode: completions per image (default: 4, as RAPO)"
     )
     parser.add_argument("--temperature", type=float, help="sample mode: temperature (default: 1.0, as RAPO)")
     parser.add_argument("--top-p", type=float)
     parser.add_argument("--max-new-tokens", type=int, help="completion cap (default: the preset's, 1024)")
+
+
+def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that build a `Scorer`; `score`, `compare`, `rank` and `serve` share them."""
+    parser.add_argument("--model", required=True, help="local model directory (Qwen2.5-VL style)")
+    add_mode_arguments(parser)
+    parser.add_argument(
+        "--scale", help="report scores on lo-hi, e.g. 1-5 or 1-10 (default: the preset's, 0-1)"
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0, help="with each image's pixels, its sampling seed")
     parser.add_argument("--device", default="auto")
