@@ -64,6 +64,19 @@ def parse_args(argv: list[str] | None = None, prog: str = PROG) -> argparse.Name
         "--deepspeed", metavar="NAME_OR_JSON",
         help="DeepSpeed config for both stages: zero3, zero3_offload, zero2 (packaged) or a JSON path",
     )  # fmt: skip
+    parser.add_argument(
+        "--plan", action="store_true",
+        help="print the memory each GPU needs for this configuration (both stages, itemised) and exit: "
+        "no training, no weights loaded (aesr1.train.plan)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--gpu-memory", metavar="SIZE",
+        help="with --plan: the GPU's memory, e.g. 24GB (10^9 bytes), 24GiB (2^30 bytes), 80G; says whether it fits",
+    )  # fmt: skip
+    parser.add_argument(
+        "--num-gpus", type=int, metavar="N",
+        help="with --plan: processes (GPUs) to plan for (default: WORLD_SIZE of the launcher, else 1)",
+    )  # fmt: skip
     # The `deepspeed` launcher appends --local_rank=N; the rank is read from the environment.
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -118,6 +131,27 @@ def build_config(args: argparse.Namespace):
     return config_from_dict(values, config, validate=False), embedded
 
 
+def memory_plan_text(config, args: argparse.Namespace) -> str:
+    """`--plan`: the per-GPU memory plan of `config` (`aesr1.train.plan`), checked against `--gpu-memory`."""
+    import os
+
+    from aesr1.train.config import validate_config
+    from aesr1.train.plan import format_plan, parse_memory_size, plan_memory
+
+    world = args.num_gpus
+    if world is None:
+        raw = os.environ.get("WORLD_SIZE", "1")
+        if not raw.isdigit() or int(raw) < 1:
+            raise ValueError(f"WORLD_SIZE={raw!r} in the environment is not a process count: give --num-gpus")
+        world = int(raw)
+    elif world < 1:
+        raise ValueError(f"--num-gpus must be >= 1, got {world}")
+    memory = parse_memory_size(args.gpu_memory) if args.gpu_memory is not None else None
+    validate_config(config, world)
+    plan = plan_memory(config, world, gpu_memory=memory[0] if memory else None)
+    return format_plan(plan, memory)
+
+
 def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     args = parse_args(argv, prog)
     stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
@@ -141,6 +175,11 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
 
             print(describe_config(config))
             return 0
+        if args.plan:
+            print(memory_plan_text(config, args))
+            return 0
+        if args.gpu_memory is not None or args.num_gpus is not None:
+            raise ValueError("--gpu-memory and --num-gpus go with --plan")
 
         if config.deepspeed is not None:
             from aesr1.train.distributed import ensure_process_group_env

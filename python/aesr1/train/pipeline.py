@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from aesr1.jsonio import dumps
-from aesr1.train.config import TrainConfig
+from aesr1.train.config import ModelConfig, TrainConfig
 from aesr1.train.distributed import is_deepspeed, make_rapo_accelerator
 from aesr1.train.durable import (
     atomic_write_text,
@@ -206,19 +206,25 @@ def _save_pretrained(model, processor, path: Path) -> None:
     publish_dir(staged, path)
 
 
+def tiny_model_config(model: ModelConfig):
+    """The `TinyModelConfig` of `model.tiny_*` (heads of 16 dimensions, half as many KV heads)."""
+    from aesr1.modeling.tiny import TinyModelConfig
+
+    head_dim = 16
+    return TinyModelConfig(
+        vocab_size=model.tiny_vocab_size, hidden_size=model.tiny_hidden_size, num_hidden_layers=model.tiny_layers,
+        num_attention_heads=model.tiny_hidden_size // head_dim, intermediate_size=model.tiny_intermediate_size,
+        num_key_value_heads=max(1, model.tiny_hidden_size // head_dim // 2), split_digits=model.tiny_split_digits,
+    )  # fmt: skip
+
+
 def build_model(config: TrainConfig, corpus: list[str]):
     """The tiny model (tokenizer trained on `corpus`) or the local checkpoint of `model.name_or_path`."""
     if config.model.name_or_path is None:
-        from aesr1.modeling.tiny import TinyModelConfig, build_tiny_model
+        from aesr1.modeling.tiny import build_tiny_model
 
-        m = config.model
-        head_dim = 16
-        tiny = TinyModelConfig(
-            vocab_size=m.tiny_vocab_size, hidden_size=m.tiny_hidden_size, num_hidden_layers=m.tiny_layers,
-            num_attention_heads=m.tiny_hidden_size // head_dim, intermediate_size=m.tiny_intermediate_size,
-            num_key_value_heads=max(1, m.tiny_hidden_size // head_dim // 2), split_digits=m.tiny_split_digits,
-        )  # fmt: skip
-        return build_tiny_model(m.tiny_seed, vocab_corpus=corpus, config=tiny)
+        tiny = tiny_model_config(config.model)
+        return build_tiny_model(config.model.tiny_seed, vocab_corpus=corpus, config=tiny)
     return load(config, config.model.name_or_path)
 
 
