@@ -33,7 +33,7 @@ def test_help_lists_every_command_with_its_summary(capsys):
     assert out.startswith("usage: aesr1 ")
     for name, command in COMMANDS.items():
         assert f"    {name}" in out and command.summary in out
-    assert set(COMMANDS) == {"train", "eval", "score", "aescot", "serve"}
+    assert set(COMMANDS) == {"train", "eval", "score", "aescot", "serve", "study"}
 
 
 def test_version(capsys):
@@ -58,6 +58,7 @@ def test_a_missing_or_unknown_command_is_a_usage_error(capsys, argv, message):
         (["train", "--help"], "usage: aesr1 train "),
         (["aescot", "build", "--help"], "usage: aesr1 aescot build "),
         (["serve", "--help"], "usage: aesr1 serve "),
+        (["study", "--help"], "usage: aesr1 study "),
     ],
 )
 def test_each_command_runs_under_its_aesr1_name(capsys, argv, usage):
@@ -69,7 +70,8 @@ def test_each_command_runs_under_its_aesr1_name(capsys, argv, usage):
 def test_python_dash_m_keeps_its_own_name(capsys, name):
     module = importlib.import_module(COMMANDS[name].module)
     assert exit_code(lambda: module.main(["--help"])) == 0
-    assert capsys.readouterr().out.startswith(f"usage: python -m aesr1.{name} ")
+    package = COMMANDS[name].module.removesuffix(".__main__")  # aesr1.<name>, or aesr1.train.study
+    assert capsys.readouterr().out.startswith(f"usage: python -m {package} ")
 
 
 def test_dispatch_passes_the_arguments_and_the_exit_status(capsys):

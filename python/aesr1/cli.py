@@ -20,6 +20,9 @@ class Command(NamedTuple):
 COMMANDS: dict[str, Command] = {
     "train": Command("aesr1.train.__main__", "AesCoT cold-start SFT + RAPO, then held-out PLCC/SRCC"),
     "eval": Command("aesr1.eval.__main__", "PLCC/SRCC on image aesthetics benchmarks, or --compare results"),
+    "study": Command(
+        "aesr1.train.study.__main__", "ablation grids over seeds with shared stages, and their report"
+    ),
     "score": Command("aesr1.score.__main__", "critique and aesthetic score (0-1) of each image"),
     "aescot": Command(
         "aesr1.aescot.__main__", "build AesCoT cold-start data, or check text for score leakage"

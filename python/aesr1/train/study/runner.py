@@ -1,0 +1,172 @@
+"""Runs a study's stages in one process, each through `aesr1.train.pipeline.run_pipeline`.
+
+A stage is run with `resume=True`, so a stage a kill interrupted continues from its last
+checkpoint (the pipeline's own resume), and a stage whose `STUDY_DONE.json` exists is skipped. A
+RAPO stage's directory is first filled with hard links to its cold start's files (`prepare_rapo`),
+published whole by one rename, so the pipeline finds a finished SFT stage there. Each stage's
+output (pipeline prints, trl and transformers logs) goes to `<study>/logs/<stage>.log`; the terminal
+shows one progress bar over the stages. `<study>/study_log.jsonl` records each stage's start and
+end (what a resumed study ran again, and how long each stage took).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from aesr1.jsonio import dumps
+from aesr1.train.durable import atomic_write_text, remove_tree, staging_path
+from aesr1.train.study.plan import DONE, Plan, Stage
+
+#: The files of a cold start a RAPO run starts from (directories linked file by file).
+COLD_START_FILES = ("initial", "sft/final", "aescot.jsonl", "aescot.meta.json", "aescot.report.json")
+
+
+def _link_tree(source: Path, target: Path) -> None:
+    """Hard-link `source` (a file or a directory tree) to `target`; a copy where links fail
+    (another file system). Written files are replaced by rename, never changed in place, so a link
+    shares nothing a run could alter."""
+    if source.is_dir():
+        target.mkdir(parents=True, exist_ok=True)
+        for entry in source.iterdir():
+            _link_tree(entry, target / entry.name)
+        return
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def prepare_rapo(stage: Stage) -> None:
+    """Give a RAPO stage's directory its cold start's model, data and held-out rows, and its own
+    `config.json`, unless it has them already. Written under a temporary name and renamed, so a
+    kill leaves either nothing or a whole directory."""
+    directory, cold = stage.directory, stage.cold.directory
+    if (directory / "config.json").is_file():
+        return
+    staged = staging_path(directory)
+    remove_tree(staged)
+    staged.mkdir(parents=True)
+    for name in COLD_START_FILES:
+        if (cold / name).exists():
+            _link_tree(cold / name, staged / name)
+    rows = json.loads((cold / "results.json").read_text()) if (cold / "results.json").is_file() else {}
+    atomic_write_text(
+        staged / "results.json", dumps({k: v for k, v in rows.items() if k != "rapo"}, indent=1)
+    )
+    atomic_write_text(staged / "config.json", dumps(stage.config.to_dict(), indent=1))
+    if directory.exists():  # an empty leftover: a directory with files always has config.json
+        remove_tree(directory)
+    os.replace(staged, directory)
+
+
+def reset_process_state() -> None:
+    """Forget what the previous stage left in this process: accelerate's process-wide state (a trl
+    trainer leaves its mixed precision there, which would autocast the next stage's models)."""
+    import gc
+
+    state = sys.modules.get("accelerate.state")
+    if state is not None:
+        state.AcceleratorState._reset_state(reset_partial_state=True)
+        state.GradientState._reset_state()
+    gc.collect()
+
+
+def expected_eval(stage: Stage, row: str) -> None:
+    """Score the held-out images with `row`'s final model ("sft" or "rapo") in `expected` mode and
+    save predictions and ground truth as `expected_<row>.json` (skipped when it exists)."""
+    from aesr1.score import Scorer
+    from aesr1.train.data import load_items
+
+    path = stage.directory / f"expected_{row}.json"
+    model_dir = stage.directory / row / "final"
+    if path.is_file() or not (model_dir / "COMPLETE").is_file():
+        return
+    config = stage.config
+    _, test = load_items(config, stage.directory)
+    scorer = Scorer(
+        str(model_dir), mode="expected", max_new_tokens=config.eval.max_completion_length,
+        batch_size=config.eval.batch_size, seed=config.seed,
+    )  # fmt: skip
+    results = scorer.score([item.image for item in test])
+    pred = [r.score for r in results]
+    atomic_write_text(path, dumps({"pred": pred, "gt": [item.score for item in test]}))
+
+
+def log_path(stage: Stage) -> Path:
+    """`<study>/logs/<stage>.log` (outside the run directory, which the pipeline wants to itself)."""
+    return stage.directory.parent.parent / "logs" / f"{stage.key}.log"
+
+
+@contextlib.contextmanager
+def _logged(stage: Stage):
+    path = log_path(stage)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with (
+        open(path, "a", encoding="utf-8") as log,
+        contextlib.redirect_stdout(log),
+        contextlib.redirect_stderr(log),
+    ):
+        yield
+
+
+def run_stage(stage: Stage, *, expected: bool = False) -> tuple[float, float]:
+    """Run (or continue) one stage; returns its wall time and the process's CPU time (all threads)
+    in seconds."""
+    from aesr1.train.pipeline import run_pipeline
+
+    started, cpu = time.time(), time.process_time()
+    if stage.kind == "rapo":
+        prepare_rapo(stage)
+    reset_process_state()
+    stages = ("sft",) if stage.kind == "cold" else ("rapo",)
+    with _logged(stage):
+        run_pipeline(stage.config, resume=True, stages=stages)
+        if expected:
+            expected_eval(stage, "sft" if stage.kind == "cold" else "rapo")
+    reset_process_state()
+    return time.time() - started, time.process_time() - cpu
+
+
+def _log_event(study_dir: Path, **event) -> None:
+    event["time"] = round(time.time(), 3)
+    with open(study_dir / "study_log.jsonl", "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(event) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def run_plan(plan: Plan, study_dir: str | Path, *, expected: bool = False, progress: bool = True) -> None:
+    """Run every unfinished stage of `plan` in order, with a progress bar over stages."""
+    from tqdm.auto import tqdm
+
+    study_dir = Path(study_dir)
+    todo = [s for s in plan.stages if not s.done]
+    if expected:  # stages finished by a study run without expected-mode scoring
+        for stage in plan.stages:
+            if stage.done:
+                with _logged(stage):
+                    expected_eval(stage, "sft" if stage.kind == "cold" else "rapo")
+    bar = tqdm(
+        total=len(plan.stages), initial=len(plan.stages) - len(todo), desc="study", unit="run",
+        disable=not progress, file=sys.__stderr__, dynamic_ncols=True,
+        mininterval=0.2 if sys.__stderr__.isatty() else 30,
+    )  # fmt: skip
+    try:
+        for stage in todo:
+            bar.set_postfix_str(stage.label())
+            _log_event(study_dir, event="start", stage=stage.key, label=stage.label())
+            seconds, cpu_seconds = run_stage(stage, expected=expected)
+            marker = {"seconds": round(seconds, 1), "cpu_seconds": round(cpu_seconds, 1), "kind": stage.kind,
+                      "label": stage.label(), "uses": [list(use) for use in stage.uses]}  # fmt: skip
+            atomic_write_text(stage.directory / DONE, dumps(marker, indent=1))
+            _log_event(study_dir, event="done", stage=stage.key, seconds=round(seconds, 1),
+                       cpu_seconds=round(cpu_seconds, 1))  # fmt: skip
+            bar.update(1)
+    finally:
+        bar.close()
