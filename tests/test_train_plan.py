@@ -38,10 +38,11 @@ def tiny():
     return config, model
 
 
-def _items(stage) -> dict[str, float]:
+def _items(stage, phase: str | None = None) -> dict[str, float]:
+    """The persistent items of `stage` and those of one of its phases, by name."""
     found = {i.name: i.nbytes for i in stage.persistent}
-    for items in stage.phases.values():
-        found.update({i.name: i.nbytes for i in items})
+    if phase is not None:
+        found.update({i.name: i.nbytes for i in stage.phases[phase]})
     return found
 
 
@@ -153,7 +154,7 @@ def test_zero_partitions_divide_by_the_world_size(stage):
     arch = _arch("7B")
     total, trainable = float(arch.total_params()), float(arch.total_params())
     for world in (1, 8):
-        items = _items(_stage(plan_memory(config, world), "RAPO"))
+        items = _items(_stage(plan_memory(config, world), "RAPO"), "rollout")
         weights = total * 2 / (world if stage == 3 else 1)
         assert items["weights (bfloat16)"] == pytest.approx(weights, rel=1e-12)
         assert items["gradients (bfloat16)"] == pytest.approx(trainable * 2 / world, rel=1e-12)
@@ -168,7 +169,7 @@ def test_offload_moves_states_off_the_gpu():
     trainable = float(arch.total_params())
     plan = plan_memory(_config(deepspeed="zero3_offload"), 4)
     stage = _stage(plan, "RAPO")
-    items = _items(stage)
+    items = _items(stage, "rollout")
     assert items["weights (bfloat16)"] == 0 and items["AdamW states"] == 0 and items["reference model"] == 0
     host = {i.name: i.nbytes for i in stage.host}
     assert host["fp32 gradients, master weights, AdamW moments"] == pytest.approx(
@@ -215,13 +216,13 @@ def test_checkpointing_shrinks_activations_as_computed_by_hand():
     )
     assert acts["with checkpointing"] < acts["without checkpointing"] / 5
     # the configured one is what the step counts
-    counted = _items(_stage(plan_memory(config), "RAPO"))["activations (with checkpointing)"]
+    counted = _items(_stage(plan_memory(config), "RAPO"), "training step")["activations (with checkpointing)"]
     assert counted == acts["with checkpointing"]
     off = _config(model={"name_or_path": "Qwen2.5-VL-7B-Instruct", "gradient_checkpointing": False},
                   rapo__per_device_train_batch_size=rows, rapo__max_completion_length=completion,
                   rapo__freeze_vision_tower=True)  # fmt: skip
     assert (
-        _items(_stage(plan_memory(off), "RAPO"))["activations (without checkpointing)"]
+        _items(_stage(plan_memory(off), "RAPO"), "training step")["activations (without checkpointing)"]
         == acts["without checkpointing"]
     )
     eager = _config(model={"name_or_path": "Qwen2.5-VL-7B-Instruct", "attn_implementation": "eager"},
@@ -239,15 +240,24 @@ def test_kv_cache_and_logits_by_hand():
                      rapo__per_device_train_batch_size=2, rapo__max_completion_length=300)  # fmt: skip
     prompt = prompt_tokens(config)[1]
     capacity = math.ceil((prompt + 300 - 1) / 128) * 128  # the engine's kv_block
-    items = _items(_stage(plan_memory(config, 2), "RAPO"))
+    stage = _stage(plan_memory(config, 2), "RAPO")
     per_token = 2.0 * arch.num_layers * arch.num_kv_heads * arch.head_dim * 2
-    assert items["KV cache of a generation batch"] == pytest.approx(
-        16 * 2 / 2 * capacity * per_token, rel=1e-12
+    rollout = _items(stage, "rollout")
+    assert rollout["KV cache"] == pytest.approx(16 * 2 / 2 * capacity * per_token, rel=1e-12)
+    # held-out evaluation: transformers' generate, eval.batch_size images x eval.num_samples, unrounded
+    rows = config.eval.batch_size * config.eval.num_samples
+    assert _items(stage, "evaluation")["KV cache"] == pytest.approx(
+        rows * (prompt + config.eval.max_completion_length) * per_token, rel=1e-12
     )
-    assert items["logits (full vocabulary)"] == pytest.approx(
-        2.0 * 300 * arch.vocab_size * (2 + 8), rel=1e-12
+    logits = 2.0 * 300 * arch.vocab_size
+    assert _items(stage, "training step")["logits (full vocabulary)"] == pytest.approx(
+        logits * (2 + 8), rel=1e-12
     )
-    fused = _items(_stage(plan_memory(_config(rapo__fused_linear=True, model__lora={"r": 8})), "RAPO"))
+    assert _items(stage, "log-probs")["logits (full vocabulary)"] == pytest.approx(
+        logits * (2 + 4), rel=1e-12
+    )
+    lora = _stage(plan_memory(_config(rapo__fused_linear=True, model__lora={"r": 8})), "RAPO")
+    fused = _items(lora, "training step")
     assert "logits (full vocabulary)" not in fused and fused["fused-linear loss chunks"] < 1 * GiB
 
 
@@ -363,3 +373,10 @@ def test_plan_reads_the_launchers_world_size(capsys, monkeypatch):
 def test_plan_command_errors(argv, message, capsys):
     code, out = _train_main(argv, capsys)
     assert code == 2 and message in out.err
+
+
+def test_aesr1_train_plan_runs_the_same_command(capsys):
+    from aesr1.cli import main
+
+    assert main(["train", "--plan", "--num-gpus", "1"]) == 0
+    assert "cold start (SFT)" in capsys.readouterr().out

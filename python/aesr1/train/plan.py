@@ -23,6 +23,7 @@ the DeepSpeed config and the batch settings, and adds up, for each stage on each
   KV heads x head dim per token, in the weights' dtype; the decode engine rounds the length up to
   `kv_block`), the prefill's working set, and under ZeRO-3 the full weights gathered for generation
   (trl's `unwrap_model_for_generation`); a colocated vLLM takes `vllm_gpu_memory_utilization` of the GPU;
+  the held-out evaluation during RAPO the same for `eval.batch_size x eval.num_samples` rows;
 - **logits**: (B, T, vocabulary) in the weights' dtype plus fp32 log-probabilities and their
   gradient (dtype + 8 bytes per logit; the SFT loss scores every position, RAPO only the completion);
   `rapo.fused_linear` (on by default on CUDA) replaces them by chunks of ~384 MiB (plus the lm_head
@@ -45,7 +46,8 @@ the DeepSpeed config and the batch settings, and adds up, for each stage on each
   allocator) and **fragmentation** of torch's caching allocator (10% of the allocated peak).
 
 The peak of a stage is what persists (weights, gradients, optimiser states, reference) plus the
-largest of its phases (RAPO: rollout, no-grad log-probs, training step; SFT: training step).
+largest of its phases (RAPO: rollout, no-grad log-probs, training step, evaluation; SFT: training
+step).
 Assumed throughout: CUDA (so `rapo.fused_linear: null` means on), every completion reaches
 `max_completion_length` (RAPO pads a round to its longest), one image per prompt of
 `PHOTO_SIZE` pixels for real datasets (`data.synthetic_image_size` for the synthetic one) resized as
@@ -552,6 +554,23 @@ def plan_memory(
             ckpt += arch.vision_depth * b * arch.vision_hidden_size * patches + vblock
         return {"with checkpointing": ckpt, "without checkpointing": full}
 
+    def generation(rows: int, max_new_tokens: int, block: int | None = None) -> list[Item]:
+        """Sampling `rows` completions in one call: KV cache (the engine's rounded up to `block`),
+        the prefill's working set, and under ZeRO-3 the whole model gathered."""
+        capacity = prompt + max_new_tokens
+        if block is not None:
+            capacity = math.ceil((capacity - 1) / block) * block
+        kv_per_token = arch.kv_bytes_per_token(b)
+        items = [
+            Item("KV cache", rows * capacity * kv_per_token,
+                 f"{rows} rows x {capacity:,} tokens x {kv_per_token / 1024:,.0f} KiB"),
+            Item("prefill working set", rows * prompt * (arch.forward_working_bytes(b) + kv_per_token)
+                 + 2 * rows * arch.vocab_size * 4, "one layer + prompt KV + last logits"),
+        ]  # fmt: skip
+        if zero3:
+            items.append(Item("weights gathered for generation", total * b, "ZeRO-3: the whole model"))
+        return items
+
     checkpointing = config.model.gradient_checkpointing
     chosen = "with checkpointing" if checkpointing else "without checkpointing"
     gathered_working = (
@@ -593,11 +612,6 @@ def plan_memory(
                 persistent.append(Item("reference model", ref, "ZeRO-3 partition like the policy"))
             else:
                 persistent.append(Item("reference model", total * b, "a second copy of the weights"))
-        rollout_rows = rapo.generation_batch_size // n
-        capacity = prompt + rapo.max_completion_length
-        if rapo.rollout.backend == "engine":
-            block = rapo.rollout.engine.kv_block
-            capacity = math.ceil((capacity - 1) / block) * block
         rollout: list[Item] = []
         if rapo.rollout.backend == "vllm":
             if rapo.rollout.vllm_mode == "colocate":
@@ -605,13 +619,12 @@ def plan_memory(
                 reserved = math.nan if gpu_memory is None else share * gpu_memory
                 rollout.append(Item("vLLM (colocated)", reserved, f"{share:.0%} of the GPU (--gpu-memory)"))
         else:
-            kv_per_token = arch.kv_bytes_per_token(b)
-            rollout.append(Item("KV cache of a generation batch", rollout_rows * capacity * kv_per_token,
-                                f"{rollout_rows} rows x {capacity:,} tokens x {kv_per_token / 1024:,.0f} KiB"))  # fmt: skip
-            rollout.append(Item("prefill working set", rollout_rows * prompt * (arch.forward_working_bytes(b) + kv_per_token)
-                                + 2 * rollout_rows * arch.vocab_size * 4, "one layer + prompt KV + last logits"))  # fmt: skip
-            if zero3:
-                rollout.append(Item("weights gathered for generation", total * b, "ZeRO-3: the whole model"))
+            block = rapo.rollout.engine.kv_block if rapo.rollout.backend == "engine" else None
+            rollout = generation(rapo.generation_batch_size // n, rapo.max_completion_length, block)
+        # held-out evaluation every eval.eval_steps: transformers' generate, eval.num_samples per image
+        held_out = generation(
+            config.eval.batch_size * config.eval.num_samples, config.eval.max_completion_length
+        )
         rows, tokens = rapo.per_device_train_batch_size, prompt + rapo.max_completion_length
         fused = rapo.fused_linear is not False
         logits_rows = rows * rapo.max_completion_length * arch.vocab_size
@@ -635,7 +648,7 @@ def plan_memory(
                 Item("ZeRO-3 gathered parameters", gathered_working, "lm_head/embedding + prefetch bucket")
             )
             logprob.append(Item("ZeRO-3 gathered parameters", gathered_working, ""))
-        phases = {"rollout": rollout, "log-probs": logprob, "training step": step}
+        phases = {"rollout": rollout, "log-probs": logprob, "training step": step, "evaluation": held_out}
         stages.append(StagePlan("RAPO", persistent, phases, acts, host))
 
     lora_text = "full fine-tuning (model.lora.r: null)"
