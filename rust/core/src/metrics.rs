@@ -245,30 +245,6 @@ fn order_key(v: f64) -> u64 {
     }
 }
 
-/// The ascending order of a series: sorted keys (equal values have equal keys) and the index of
-/// each, as separate arrays (less memory traffic per radix pass than pairs).
-struct Sorted {
-    keys: Vec<u64>,
-    order: Vec<u32>,
-}
-
-impl Sorted {
-    fn new(v: &[f64]) -> Self {
-        let mut keys: Vec<u64> = Vec::new();
-        v.par_iter()
-            .with_min_len(CHUNK)
-            .map(|&a| order_key(a))
-            .collect_into_vec(&mut keys);
-        let mut order: Vec<u32> = Vec::new();
-        (0..v.len() as u32)
-            .into_par_iter()
-            .with_min_len(CHUNK)
-            .collect_into_vec(&mut order);
-        radix_sort(&mut keys, &mut order);
-        Self { keys, order }
-    }
-}
-
 /// Work unit of the parallel phases (radix passes, ranking, gathers): many more units than
 /// threads, so that when one thread is slowed (another process on its core) the others take
 /// over its share instead of waiting for it; large enough that scheduling costs stay small.
@@ -296,203 +272,159 @@ impl<T> SharedMut<T> {
     }
 }
 
-/// Stable LSD radix sort of `keys`, carrying `order` along: 8 bits per pass (256 buckets keep
-/// the scatter in cache), skipping passes whose digit is the same for every element (common for
-/// scores in [0, 1], whose top bits agree).
-///
-/// Large inputs are sorted in parallel (`radix_sort_parallel`); being stable, the result is that
-/// of the sequential sort whatever the number of threads.
-fn radix_sort(keys: &mut Vec<u64>, order: &mut Vec<u32>) {
-    let n = keys.len();
-    if n < 256 {
-        let mut pairs: Vec<(u64, u32)> = keys.iter().copied().zip(order.iter().copied()).collect();
-        pairs.sort_unstable();
-        (*keys, *order) = pairs.into_iter().unzip();
-        return;
-    }
-    if n < 4 * CHUNK || rayon::current_num_threads() == 1 {
-        // The parallel form makes more passes over the keys (finding the varying digits, the
-        // split's count and scatter): that only pays with a second thread.
-        radix_sort_sequential(keys, order);
-    } else {
-        radix_sort_parallel(keys, order);
-    }
-}
-
-/// The parallel form: one most-significant-digit pass splits the keys into up to 256 buckets
-/// (counted and scattered by chunks, in chunk order, so stably), then every bucket is finished
-/// independently by the sequential sort on the lower digits, large buckets split again first.
-/// The total work is that of the sequential sort plus about two reads and one copy, and the
-/// buckets are many independent tasks: a thread slowed by another process on its core leaves
-/// its share to the others instead of holding every pass up at a barrier.
-fn radix_sort_parallel(keys: &mut Vec<u64>, order: &mut Vec<u32>) {
-    let first = keys[0];
-    let varying = keys
-        .par_iter()
-        .with_min_len(CHUNK)
-        .map(|&k| k ^ first)
-        .reduce(|| 0, |a, b| a | b);
-    if varying == 0 {
-        return;
-    }
-    let top = (63 - varying.leading_zeros()) / RADIX_BITS;
-    let n = keys.len();
-    let mut scratch_keys = vec![0u64; n];
-    let mut scratch_order = vec![0u32; n];
-    let digit = |k: u64| ((k >> (top * RADIX_BITS)) as usize) & (RADIX_BUCKETS - 1);
-    // Per chunk and digit, the first slot the chunk writes: digits in order, and within a digit
-    // the chunks in order (which keeps the sort stable).
-    let mut slots: Vec<[usize; RADIX_BUCKETS]> = keys
-        .par_chunks(CHUNK)
-        .map(|chunk| {
-            let mut h = [0usize; RADIX_BUCKETS];
-            for &k in chunk {
-                h[digit(k)] += 1;
-            }
-            h
-        })
-        .collect();
-    let mut bucket_ends = [0usize; RADIX_BUCKETS];
-    let mut sum = 0;
-    for (d, end) in bucket_ends.iter_mut().enumerate() {
-        for h in slots.iter_mut() {
-            let here = h[d];
-            h[d] = sum;
-            sum += here;
-        }
-        *end = sum;
-    }
-    let (to_keys, to_order) = (
-        SharedMut::new(&mut scratch_keys),
-        SharedMut::new(&mut scratch_order),
-    );
-    keys.par_chunks(CHUNK)
-        .zip(order.par_chunks(CHUNK))
-        .zip(slots.par_iter_mut())
-        .for_each(|((ks, is), slot)| {
-            for (&k, &i) in ks.iter().zip(is) {
-                let d = digit(k);
-                let to = slot[d];
-                slot[d] += 1;
-                // SAFETY: a chunk's slots for digit d are the `count(chunk, d)` indices from its
-                // start above, disjoint from every other (chunk, digit) and below n; the buffers
-                // are not read until `for_each` returns.
-                unsafe {
-                    to_keys.write(to, k);
-                    to_order.write(to, i);
-                }
-            }
-        });
-    std::mem::swap(keys, &mut scratch_keys);
-    std::mem::swap(order, &mut scratch_order);
-    sort_buckets(
-        keys,
-        order,
-        &mut scratch_keys,
-        &mut scratch_order,
-        &bucket_ends,
-        top,
-    );
-}
-
-/// Buckets of at least this many keys are split on their next digit before being sorted.
-const SPLIT_BUCKET: usize = 1 << 16;
-
-/// Sorts each bucket `[end of the previous, end)` of `keys` (whose digits from `digit` up agree
-/// within a bucket) on its lower digits, the buckets in parallel; `scratch_*` have `keys`' length.
-fn sort_buckets(
-    keys: &mut [u64],
-    order: &mut [u32],
-    scratch_keys: &mut [u64],
-    scratch_order: &mut [u32],
-    bucket_ends: &[usize],
-    digit: u32,
-) {
-    let mut tasks = Vec::with_capacity(bucket_ends.len());
-    let (mut k, mut o, mut sk, mut so) = (keys, order, scratch_keys, scratch_order);
-    let mut start = 0;
-    for &end in bucket_ends {
-        let len = end - start;
-        let (k_head, k_tail) = std::mem::take(&mut k).split_at_mut(len);
-        let (o_head, o_tail) = std::mem::take(&mut o).split_at_mut(len);
-        let (sk_head, sk_tail) = std::mem::take(&mut sk).split_at_mut(len);
-        let (so_head, so_tail) = std::mem::take(&mut so).split_at_mut(len);
-        (k, o, sk, so) = (k_tail, o_tail, sk_tail, so_tail);
-        if len > 1 {
-            tasks.push((k_head, o_head, sk_head, so_head));
-        }
-        start = end;
-    }
-    tasks.into_par_iter().for_each(|(k, o, sk, so)| {
-        if digit == 0 {
-            return;
-        }
-        if k.len() < SPLIT_BUCKET {
-            radix_sort_lower_digits(k, o, sk, so, digit);
-            return;
-        }
-        let below = digit - 1;
-        let d = |key: u64| ((key >> (below * RADIX_BITS)) as usize) & (RADIX_BUCKETS - 1);
-        let mut ends = [0usize; RADIX_BUCKETS];
-        for &key in k.iter() {
-            ends[d(key)] += 1;
-        }
-        if ends.contains(&k.len()) {
-            // The same digit throughout: nothing to move.
-            sort_buckets(k, o, sk, so, &[k.len()], below);
-            return;
-        }
-        let mut next = [0usize; RADIX_BUCKETS];
-        let mut sum = 0;
-        for (slot, end) in next.iter_mut().zip(ends.iter_mut()) {
-            *slot = sum;
-            sum += *end;
-            *end = sum;
-        }
-        for (&key, &i) in k.iter().zip(o.iter()) {
-            let to = &mut next[d(key)];
-            sk[*to] = key;
-            so[*to] = i;
-            *to += 1;
-        }
-        k.copy_from_slice(sk);
-        o.copy_from_slice(so);
-        sort_buckets(k, o, sk, so, &ends, below);
-    });
-}
-
 const RADIX_BITS: u32 = 8;
 const RADIX_BUCKETS: usize = 1 << RADIX_BITS;
 
-/// The stable LSD radix sort of one bucket on its digits below `digit`, with scratch buffers of
-/// its length; the result is left in `keys` / `order`.
-fn radix_sort_lower_digits(
+/// Buckets of at least this many keys are partitioned again before being sorted, so that a
+/// bucket sort stays in cache and no single task holds a large share of the work.
+const SPLIT_BUCKET: usize = 1 << 16;
+
+/// Twice the average rank (1-based) of each element: ties share the mean of their ranks, and
+/// doubling makes it an integer.
+///
+/// One radix pass partitions the values' keys, with their indices, into up to 256 buckets (see
+/// `split`: quantiles for large inputs, so that the buckets hold about equally many); then each
+/// bucket is ranked on its own (`rank_bucket`). Equal keys fall in one bucket, so a tie run never
+/// crosses a bucket border and a bucket's ranks follow from its sorted keys and its first
+/// position. The pass runs in `CHUNK`-sized pieces in parallel and the buckets as parallel tasks
+/// (large inputs, several threads): a thread slowed by another process on its core leaves the
+/// remaining buckets to the others. The work is the same with one thread and with several.
+///
+/// Memory: n keys, n indices and n ranks, and a bucket's worth of scratch per thread.
+fn doubled_average_ranks(v: &[f64]) -> Vec<u64> {
+    let n = v.len();
+
+    let mut ranks = vec![0u64; n];
+    let Some((split, mut counts)) = split::<RADIX_BUCKETS, _>(v, order_key, None, RADIX_BITS)
+    else {
+        ranks.fill(n as u64 + 1);
+        return ranks;
+    };
+    let ends = counts.make_slots();
+    let mut keys = vec![0u64; n];
+    let mut order = vec![0u32; n];
+    let (to_keys, to_order) = (SharedMut::new(&mut keys), SharedMut::new(&mut order));
+    counts.scatter(v, |start, values, slots| {
+        for (&a, i) in values.iter().zip(start as u32..) {
+            let k = order_key(a);
+            let d = split.bucket::<RADIX_BUCKETS>(k);
+            let slot = slots[d];
+            slots[d] += 1;
+            // SAFETY: as in `sort_by_x`: the slots of one piece and bucket are disjoint from
+            // every other's and below n, and the buffers are not read until `scatter` returns.
+            unsafe {
+                to_keys.write(slot, k);
+                to_order.write(slot, i);
+            }
+        }
+        0
+    });
+    let out = SharedMut::new(&mut ranks);
+    let tasks = buckets(&mut keys, &ends)
+        .into_iter()
+        .zip(buckets(&mut order, &ends))
+        .zip(std::iter::once(0).chain(ends))
+        .enumerate()
+        .filter(|(_, ((keys, _), _))| !keys.is_empty())
+        .map(|(b, ((keys, order), first))| (b, first, keys, order));
+    let rank = |scratch: &mut (Vec<u64>, Vec<u32>), (b, first, keys, order): RankTask| {
+        let len = keys.len();
+        if scratch.0.len() < len {
+            scratch.0.resize(len, 0);
+            scratch.1.resize(len, 0);
+        }
+        let (sk, so) = (&mut scratch.0[..len], &mut scratch.1[..len]);
+        rank_bucket(keys, order, sk, so, first, split.bucket_range(b), &out);
+    };
+    if in_parallel(n, PARALLEL_BUCKETS) {
+        tasks
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .for_each_init(|| (Vec::new(), Vec::new()), rank);
+    } else {
+        let mut scratch = (Vec::new(), Vec::new());
+        tasks.for_each(|task| rank(&mut scratch, task));
+    }
+    ranks
+}
+
+/// A bucket of `doubled_average_ranks`: its index, first sorted position, keys and indices.
+type RankTask<'a> = (usize, usize, &'a mut [u64], &'a mut [u32]);
+
+/// Writes to `out` the doubled ranks of the elements whose keys and indices are `keys` and
+/// `order`: the bucket of sorted positions from `first` on (`range`, when known, holds its keys).
+/// `scratch_*` have the bucket's length; all four buffers are left in any order.
+///
+/// A large bucket is partitioned again like the whole input (its parts ranked as parallel tasks
+/// when large), a small one sorted by LSD radix passes, in cache.
+fn rank_bucket(
     keys: &mut [u64],
     order: &mut [u32],
     scratch_keys: &mut [u64],
     scratch_order: &mut [u32],
-    digit: u32,
+    first: usize,
+    range: Option<Range>,
+    out: &SharedMut<u64>,
 ) {
-    if lsd_passes(keys, order, scratch_keys, scratch_order, digit) {
-        keys.copy_from_slice(scratch_keys);
-        order.copy_from_slice(scratch_order);
-    }
-}
-
-/// `radix_sort` on one thread: all digit counts from one read of the keys.
-fn radix_sort_sequential(keys: &mut Vec<u64>, order: &mut Vec<u32>) {
     let n = keys.len();
-    let mut scratch_keys = vec![0u64; n];
-    let mut scratch_order = vec![0u32; n];
-    if lsd_passes(
-        keys,
-        order,
-        &mut scratch_keys,
-        &mut scratch_order,
-        64 / RADIX_BITS,
-    ) {
-        std::mem::swap(keys, &mut scratch_keys);
-        std::mem::swap(order, &mut scratch_order);
+    let write_ranks = |keys: &[u64], order: &[u32]| {
+        let mut pos = 0;
+        while pos < n {
+            let key = keys[pos];
+            let end = pos + keys[pos..].iter().take_while(|&&k| k == key).count();
+            // Ranks first + pos + 1 ..= first + end: twice their mean.
+            let doubled = (2 * first + pos + 1 + end) as u64;
+            for &i in &order[pos..end] {
+                // SAFETY: the indices are a permutation of 0..len(out) split among the buckets,
+                // so each is written once; `out` is read after every bucket is done.
+                unsafe { out.write(i as usize, doubled) };
+            }
+            pos = end;
+        }
+    };
+    if n < SPLIT_BUCKET {
+        if lsd_passes(keys, order, scratch_keys, scratch_order, 64 / RADIX_BITS) {
+            write_ranks(scratch_keys, scratch_order);
+        } else {
+            write_ranks(keys, order);
+        }
+        return;
+    }
+    let Some((split, mut counts)) = split::<RADIX_BUCKETS, _>(keys, |k| k, range, RADIX_BITS)
+    else {
+        write_ranks(keys, order);
+        return;
+    };
+    let ends = counts.make_slots();
+    let (to_keys, to_order) = (SharedMut::new(scratch_keys), SharedMut::new(scratch_order));
+    counts.scatter(keys, |start, ks, slots| {
+        for (&k, &i) in ks.iter().zip(&order[start..]) {
+            let d = split.bucket::<RADIX_BUCKETS>(k);
+            let slot = slots[d];
+            slots[d] += 1;
+            // SAFETY: as in `sort_by_x`: the slots of one piece and bucket are disjoint from
+            // every other's and below n, and the buffers are not read until `scatter` returns.
+            unsafe {
+                to_keys.write(slot, k);
+                to_order.write(slot, i);
+            }
+        }
+        0
+    });
+    let tasks = buckets(scratch_keys, &ends)
+        .into_iter()
+        .zip(buckets(scratch_order, &ends))
+        .zip(buckets(keys, &ends).into_iter().zip(buckets(order, &ends)))
+        .zip(std::iter::once(0).chain(ends))
+        .enumerate()
+        .filter(|(_, (((k, _), _), _))| !k.is_empty());
+    let rank = |(b, (((k, o), (sk, so)), start)): (usize, ((_, (_, _)), usize))| {
+        rank_bucket(k, o, sk, so, first + start, split.bucket_range(b), out)
+    };
+    if in_parallel(n, PARALLEL_BUCKETS) {
+        tasks.collect::<Vec<_>>().into_par_iter().for_each(rank);
+    } else {
+        tasks.for_each(rank);
     }
 }
 
@@ -539,46 +471,6 @@ fn lsd_passes(
         in_scratch = !in_scratch;
     }
     in_scratch
-}
-
-/// Twice the average rank (1-based) of each element: ties share the mean of their ranks, and
-/// doubling makes it an integer.
-fn doubled_average_ranks(v: &[f64]) -> Vec<u64> {
-    let sorted = Sorted::new(v);
-    let keys = &sorted.keys;
-    let mut ranks = vec![0u64; v.len()];
-    let out = SharedMut::new(&mut ranks);
-    sorted
-        .order
-        .par_chunks(CHUNK)
-        .enumerate()
-        .for_each(|(c, indices)| {
-            // Sorted positions lo..hi; a tie run may start before lo or end after hi, so its
-            // bounds are searched for (at most twice per chunk).
-            let (lo, hi) = (c * CHUNK, c * CHUNK + indices.len());
-            let mut start = keys[..lo].partition_point(|&k| k < keys[lo]);
-            let mut pos = lo;
-            while pos < hi {
-                let key = keys[pos];
-                let mut end = pos + 1;
-                while end < hi && keys[end] == key {
-                    end += 1;
-                }
-                if end == hi {
-                    end = hi + keys[hi..].partition_point(|&k| k <= key);
-                }
-                // Ranks start+1 ..= end: mean (start + 1 + end) / 2.
-                let doubled = (start + 1 + end) as u64;
-                for &i in &indices[pos - lo..end.min(hi) - lo] {
-                    // SAFETY: `order` is a permutation of 0..n, so each index is written once,
-                    // by the chunk holding its sorted position; `ranks` is read after `for_each`.
-                    unsafe { out.write(i as usize, doubled) };
-                }
-                start = end;
-                pos = end;
-            }
-        });
-    ranks
 }
 
 fn spearman(x: &[f64], y: &[f64]) -> f64 {
@@ -1257,85 +1149,81 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn radix_sort_matches_std_sort() {
-        let mut state = 12345u64;
-        let values: Vec<f64> = (0..200_000)
-            .map(|i| {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                let u = (state >> 11) as f64 / (1u64 << 53) as f64;
-                if i % 3 == 0 {
-                    (u * 10.0).round() - 5.0
-                } else {
-                    (u - 0.5) * 1e6
-                }
-            })
-            .collect();
-        let keys: Vec<u64> = values.iter().map(|&v| order_key(v)).collect();
-        let order: Vec<u32> = (0..values.len() as u32).collect();
-        let mut expected: Vec<(u64, u32)> = values
-            .iter()
-            .enumerate()
-            .map(|(i, &v)| (order_key(v), i as u32))
-            .collect();
-        expected.sort();
-        let (expected_keys, expected_order): (Vec<u64>, Vec<u32>) = expected.into_iter().unzip();
-        for sort in [radix_sort_sequential, radix_sort_parallel] {
-            let (mut k, mut o) = (keys.clone(), order.clone());
-            sort(&mut k, &mut o);
-            assert_eq!(k, expected_keys);
-            assert_eq!(o, expected_order);
+    /// Doubled average ranks by std's sort.
+    fn reference_ranks(values: &[f64]) -> Vec<u64> {
+        let mut keyed: Vec<(u64, usize)> = values.iter().map(|&v| order_key(v)).zip(0..).collect();
+        keyed.sort_unstable();
+        let mut ranks = vec![0u64; values.len()];
+        let mut start = 0;
+        while start < keyed.len() {
+            let run = keyed[start..]
+                .iter()
+                .take_while(|p| p.0 == keyed[start].0)
+                .count();
+            for p in &keyed[start..start + run] {
+                ranks[p.1] = (2 * start + 1 + run) as u64;
+            }
+            start += run;
         }
-        // Few top digits: buckets larger than SPLIT_BUCKET are split again (twice here), with
-        // many equal keys to keep stable.
-        let skewed: Vec<u64> = (0..400_000u64)
-            .map(|i| {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((i % 3) << 40) | ((state >> 60) << 24) | ((state >> 20) % 5000)
-            })
-            .collect();
-        let order: Vec<u32> = (0..skewed.len() as u32).collect();
-        let mut expected: Vec<(u64, u32)> = skewed.iter().copied().zip(0..).collect();
-        expected.sort();
-        let (expected_keys, expected_order): (Vec<u64>, Vec<u32>) = expected.into_iter().unzip();
-        let (mut k, mut o) = (skewed, order);
-        radix_sort_parallel(&mut k, &mut o);
-        assert_eq!(k, expected_keys);
-        assert_eq!(o, expected_order);
+        ranks
     }
 
-    /// Tie runs longer than a chunk and crossing chunk borders, against a sequential reference.
+    /// Ranks at lengths around every threshold of the ranking (the parallel buckets and passes,
+    /// the quantile split, the buckets split again), with 1, 2 and 3 threads, on continuous
+    /// values, two-decimal scores, a few values with long tie runs, and values crowded into one
+    /// bucket of the first split (a bucket split again, its parts ranked in parallel).
     #[test]
-    fn parallel_ranks_match_sequential() {
+    fn ranks_match_sort_at_thresholds() {
         let mut state = 99u64;
-        let mut next = || {
+        let mut next = move || {
             state = state
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
-            state >> 11
+            (state >> 11) as f64 / (1u64 << 53) as f64
         };
-        for distinct in [2u64, 7, 1000, 1 << 40] {
-            let values: Vec<f64> = (0..150_000).map(|_| (next() % distinct) as f64).collect();
-            let mut pairs: Vec<(f64, usize)> = values.iter().copied().zip(0..).collect();
-            pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
-            let mut expected = vec![0u64; values.len()];
-            let mut start = 0;
-            while start < pairs.len() {
-                let end = start
-                    + pairs[start..]
-                        .iter()
-                        .take_while(|p| p.0 == pairs[start].0)
-                        .count();
-                for p in &pairs[start..end] {
-                    expected[p.1] = (start + 1 + end) as u64;
+        for n in [
+            2,
+            255,
+            257,
+            PARALLEL_BUCKETS - 1,
+            PARALLEL_BUCKETS + 1,
+            SPLIT_BUCKET - 1,
+            SPLIT_BUCKET + 1,
+            QUANTILE_SPLIT + 3,
+            PARALLEL_PASS + 1,
+            4 * SPLIT_BUCKET + 1,
+        ] {
+            let continuous: Vec<f64> = (0..n).map(|_| next() - 0.3).collect();
+            let decimals: Vec<f64> = continuous
+                .iter()
+                .map(|&a| (a * 100.0).round() / 100.0)
+                .collect();
+            let few: Vec<f64> = (0..n).map(|_| (next() * 3.0).floor() - 0.0).collect();
+            // Nearly all in one 2^-40-wide interval, a few spread over many orders of magnitude.
+            let crowded: Vec<f64> = (0..n)
+                .map(|i| match i % 997 {
+                    0 => -1e300 * next(),
+                    1 => 1e10 * next(),
+                    _ => 1.0 + next() * 1e-12,
+                })
+                .collect();
+            for values in [continuous, decimals, few, crowded] {
+                let want = reference_ranks(&values);
+                for threads in [1, 2, 3] {
+                    let got = in_pool(threads, || doubled_average_ranks(&values));
+                    assert!(got == want, "n={n}, {threads} threads");
                 }
-                start = end;
             }
-            assert_eq!(doubled_average_ranks(&values), expected);
+        }
+        for threads in [1, 3] {
+            let equal = vec![-0.0; SPLIT_BUCKET + 3];
+            let got = in_pool(threads, || doubled_average_ranks(&equal));
+            assert_eq!(got, reference_ranks(&equal));
+            let mut zeros = equal.clone();
+            zeros[17] = 0.0;
+            zeros[5] = -1.0;
+            let got = in_pool(threads, || doubled_average_ranks(&zeros));
+            assert_eq!(got, reference_ranks(&zeros));
         }
     }
 
@@ -1529,6 +1417,11 @@ mod tests {
         }
 
         #[test]
+        fn ranks_match_sort(values in lengths().prop_flat_map(scores)) {
+            prop_assert_eq!(doubled_average_ranks(&values), reference_ranks(&values));
+        }
+
+        #[test]
         fn kendall_counts_match_all_pairs(
             (x, y) in lengths().prop_flat_map(|n| (scores(n), scores(n)))
         ) {
@@ -1622,13 +1515,12 @@ mod tests {
         }
     }
 
-    /// Where Kendall's time goes at n = 10^6 (best of 7 per phase), continuous, with two-decimal
-    /// scores, and with two-decimal x only, with 1 and 2 threads:
-    /// `cargo test --release --lib profile_kendall -- --ignored --nocapture`.
-    #[test]
-    #[ignore]
-    fn profile_kendall() {
-        use std::time::Instant;
+    /// Where the time of SRCC and KRCC goes at n = 10^6, continuous, with two-decimal scores, and
+    /// with two-decimal x only, with 1 and 2 threads: 9 rounds, each timing every phase with
+    /// both pools in turn (the first pool alternating), so that background load on a shared
+    /// machine hits both alike; prints the least and the median time of each phase:
+    /// `cargo test --release --lib profile_ -- --ignored --nocapture --test-threads 1`.
+    fn profile(metric: &str, phases: &[&str], run: impl Fn(&[f64], &[f64]) -> Vec<f64> + Sync) {
         let mut state = 7u64;
         let mut next = move || {
             state = state
@@ -1646,38 +1538,84 @@ mod tests {
                 .map(|&a| (a.clamp(0.0, 1.0) * 100.0).round() / 100.0)
                 .collect()
         };
-        let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
+        let pools = [1, 2].map(|threads| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+        });
         for (data, x, y) in [
             ("continuous", x.clone(), y.clone()),
             ("2 decimals", round(&x), round(&y)),
             ("x 2 decimals", round(&x), y.clone()),
         ] {
-            for threads in [1, 2] {
-                let mut best = [f64::INFINITY; 3];
-                in_pool(threads, || {
-                    for _ in 0..7 {
-                        let start = Instant::now();
-                        let mut points = vec![[0; 2]; x.len()];
-                        let mut ys = vec![0; x.len()];
-                        sort_by_x(&x, &y, &mut points, &mut ys);
-                        let sort = ms(start);
-                        let start = Instant::now();
-                        let scratch = &mut points.as_flattened_mut()[..ys.len()];
-                        count_inversions(&mut ys, scratch, None);
-                        let count = ms(start);
-                        let start = Instant::now();
-                        std::hint::black_box(kendall_tau_b(&x, &y));
-                        let total = ms(start);
-                        for (b, t) in best.iter_mut().zip([sort, count, total]) {
-                            *b = b.min(t);
-                        }
+            let mut times = [vec![], vec![]];
+            for round in 0..10 {
+                for p in [round % 2, 1 - round % 2] {
+                    let t = pools[p].install(|| run(&x, &y));
+                    // The first round warms the pools and the allocator.
+                    if round > 0 {
+                        times[p].push(t);
                     }
-                });
+                }
+            }
+            for (p, times) in times.iter().enumerate() {
+                let summary: Vec<String> = phases
+                    .iter()
+                    .enumerate()
+                    .map(|(i, phase)| {
+                        let mut t: Vec<f64> = times.iter().map(|t| t[i]).collect();
+                        t.sort_by(f64::total_cmp);
+                        format!("{phase} {:.1} / {:.1}", t[0], t[t.len() / 2])
+                    })
+                    .collect();
                 println!(
-                    "{data}, {threads} thread(s): sort by x {:.1} ms, inversions {:.1} ms; krcc {:.1} ms",
-                    best[0], best[1], best[2]
+                    "{metric}, {data}, {} thread(s), least / median ms: {}",
+                    p + 1,
+                    summary.join(", ")
                 );
             }
         }
+    }
+
+    fn ms(start: std::time::Instant) -> f64 {
+        start.elapsed().as_secs_f64() * 1e3
+    }
+
+    #[test]
+    #[ignore]
+    fn profile_spearman() {
+        use std::time::Instant;
+        profile("srcc", &["ranks of x", "ranks of y", "srcc"], |x, y| {
+            let start = Instant::now();
+            std::hint::black_box(doubled_average_ranks(x));
+            let rank_x = ms(start);
+            let start = Instant::now();
+            std::hint::black_box(doubled_average_ranks(y));
+            let rank_y = ms(start);
+            let start = Instant::now();
+            std::hint::black_box(spearman(x, y));
+            vec![rank_x, rank_y, ms(start)]
+        });
+    }
+
+    #[test]
+    #[ignore]
+    fn profile_kendall() {
+        use std::time::Instant;
+        profile("krcc", &["sort by x", "inversions", "krcc"], |x, y| {
+            let start = Instant::now();
+            let mut points = vec![[0; 2]; x.len()];
+            let mut ys = vec![0; x.len()];
+            sort_by_x(x, y, &mut points, &mut ys);
+            let sort = ms(start);
+            let start = Instant::now();
+            let scratch = &mut points.as_flattened_mut()[..ys.len()];
+            count_inversions(&mut ys, scratch, None);
+            let count = ms(start);
+            let start = Instant::now();
+            std::hint::black_box(kendall_tau_b(x, y));
+            vec![sort, count, ms(start)]
+        });
     }
 }
