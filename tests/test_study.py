@@ -84,11 +84,11 @@ def test_plan_shares_cold_starts_and_identical_runs_across_grids(tmp_path):
     plan = make_plan([table2, table3, fig1a], [0, 1, 2], tmp_path)
     cold = [s for s in plan.stages if s.kind == "cold"]
     rapo = [s for s in plan.stages if s.kind == "rapo"]
-    # Per seed: Table 2's one cold start (3 epochs) is Table 3's sft-3ep; 1, 6, 12 epochs are new.
-    assert len(cold) == 3 * 4
-    # Per seed: 5 reward variants + 4 cold-start lengths, Table 3's sft-3ep run being Table 2's error+rank.
+    # Per seed: Table 2's one cold start (3 epochs) is Table 3's sft-3ep; 1 and 9 epochs are new.
+    assert len(cold) == 3 * 3
+    # Per seed: 5 reward variants + 3 cold-start lengths, Table 3's sft-3ep run being Table 2's error+rank.
     # Fig. 1a's sigma-0.1 run is Table 2's error+rank run: sigma 0.05 and 0.2 add two per seed.
-    assert len(rapo) == 3 * (8 + 2)
+    assert len(rapo) == 3 * (7 + 2)
     for seed in range(3):
         colds = {plan.runs["table2"][v.name][seed][0].key for v in table2.variants}
         assert len(colds) == 1
