@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
         print()
         print(report["grids"][grid.name]["markdown"])
     print(f"report: {report_dir} (study.json, {', '.join(g.name + '.md' for g in grids)}, PNGs)")
-    print(f"wall time of the runs: {report['wall_seconds']:.0f} s")
+    finished, planned = report["runs_finished"], report["runs_planned"]
+    print(f"wall time of the runs: {report['wall_seconds']:.0f} s ({finished} of {planned} runs finished)")
     return 0
 
 

@@ -2,7 +2,8 @@
 
 Each (grid, variant, seed) is one pipeline configuration. Its cold start (everything but the `rapo`
 and `reward` sections) and its RAPO run are stages, keyed by the hash of the settings that decide
-them, so a stage that several variants (or grids) have in common runs once: one cold start per seed
+them (those that differ from the defaults, so that a study resumes after an upgrade that adds a
+setting), so a stage that several variants (or grids) have in common runs once: one cold start per seed
 serves every reward variant of Table 2, and Table 3's moderate cold start and its RAPO run are Table
 2's when their settings agree.
 
@@ -82,8 +83,20 @@ class Plan:
         }
 
 
-def _digest(values: dict) -> str:
-    kept = {k: v for k, v in values.items() if k not in RESUME_FREE_KEYS}
+def _digest(config: TrainConfig) -> str:
+    """The hash of the settings that differ from `TrainConfig()`'s defaults (outside
+    `RESUME_FREE_KEYS`): a setting added in a later release, at its default, keeps every key (as
+    `--resume` reads a saved run's missing keys as their defaults)."""
+    from aesr1.train.trackers import flatten
+
+    defaults = flatten(json.loads(json.dumps(TrainConfig().to_dict())))
+    values = flatten(json.loads(json.dumps(config.to_dict())))
+    absent = object()
+    kept = {
+        key: value
+        for key, value in values.items()
+        if key not in RESUME_FREE_KEYS and defaults.get(key, absent) != value
+    }
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -136,8 +149,8 @@ def make_plan(
                 except (ValueError, TypeError, FileNotFoundError) as error:
                     raise type(error)(f"grid {grid.name!r}, variant {variant.name!r}: {error}") from None
                 cold_config = cold_start_config(config)
-                cold_key = "cold-" + _digest(cold_config.to_dict())
-                rapo_key = "rapo-" + _digest(config.to_dict())
+                cold_key = "cold-" + _digest(cold_config)
+                rapo_key = "rapo-" + _digest(config)
                 use = (grid.name, variant.name, seed)
                 if cold_key not in stages:
                     cold_config.output_dir = str(runs_dir / cold_key)

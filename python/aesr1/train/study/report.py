@@ -104,6 +104,7 @@ def grid_markdown(grid: Grid, data: dict[str, Any], claims: list, seeds: list[in
         for s in v["seeds"].values()
     )
     columns = COLUMNS + (EXPECTED_COLUMNS if has_expected else ())
+    cold_columns = COLD_COLUMNS + (EXPECTED_COLUMNS if has_expected else ())
     n = max((len(v["seeds"]) for v in variants.values()), default=0)
     lines = [f"## {grid.title}", ""]
     if grid.description:
@@ -117,11 +118,11 @@ def grid_markdown(grid: Grid, data: dict[str, Any], claims: list, seeds: list[in
         "",
         "Cold starts:",
         "",
-        "| cold start of | " + " | ".join(_title(c) for c in COLD_COLUMNS) + " |",
-        "|---|" + "---|" * len(COLD_COLUMNS),
+        "| cold start of | " + " | ".join(_title(c) for c in cold_columns) + " |",
+        "|---|" + "---|" * len(cold_columns),
     ]
     for users, entry in data["cold_starts"].items():
-        cells = [_cell([s.get(c, math.nan) for s in entry["seeds"].values()], c) for c in COLD_COLUMNS]
+        cells = [_cell([s.get(c, math.nan) for s in entry["seeds"].values()], c) for c in cold_columns]
         lines.append(f"| {users} | " + " | ".join(cells) + " |")
     lines += [
         "",
@@ -145,13 +146,15 @@ def _seed_values(data: dict[str, Any]) -> dict[str, dict[int, dict[str, dict[str
     return {name: dict(entry["seeds"].items()) for name, entry in data["variants"].items()}
 
 
-def stage_seconds(plan: Plan) -> dict[str, float]:
-    """Wall seconds of each finished stage (from its marker)."""
+def stage_times(plan: Plan) -> dict[str, dict[str, float]]:
+    """Wall and CPU seconds of each finished stage (from its marker; a stage a kill interrupted
+    counts its last invocation only)."""
     out = {}
     for stage in plan.stages:
         marker = stage.directory / DONE
         if marker.is_file():
-            out[stage.key] = json.loads(marker.read_text())["seconds"]
+            values = json.loads(marker.read_text())
+            out[stage.key] = {"seconds": values["seconds"], "cpu_seconds": values.get("cpu_seconds")}
     return out
 
 
@@ -163,19 +166,22 @@ def write_report(
 
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
-    seconds = stage_seconds(plan)
+    times = stage_times(plan)
+    unfinished = {"seconds": None, "cpu_seconds": None}
     out: dict[str, Any] = {
         "seeds": seeds,
         "stages": {
             s.key: {
                 "kind": s.kind,
                 "label": s.label(),
-                "seconds": seconds.get(s.key),
+                **times.get(s.key, unfinished),
                 "uses": [list(u) for u in s.uses],
-            }  # fmt: skip
+            }
             for s in plan.stages
         },
-        "wall_seconds": round(sum(seconds.values()), 1),
+        "runs_finished": len(times),
+        "runs_planned": len(plan.stages),
+        "wall_seconds": round(sum(t["seconds"] for t in times.values()), 1),
         "written": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "grids": {},
     }
