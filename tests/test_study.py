@@ -103,6 +103,9 @@ def test_plan_shares_cold_starts_and_identical_runs_across_grids(tmp_path):
     # added later at its default) leaves every key, so a study still resumes.
     again = make_plan([table2], [0], tmp_path, sets=("rapo.epsilon=0.2", "model.lora.dropout=0.05"))
     assert again.runs["table2"]["error"][0][1].key == plan.runs["table2"]["error"][0][1].key
+    # ... nor on where the study lies (its synthetic images are in it).
+    moved = make_plan([table2], [0], tmp_path / "elsewhere")
+    assert moved.runs["table2"]["error"][0][1].key == plan.runs["table2"]["error"][0][1].key
     # A cold start runs before the RAPO runs that start from it.
     order = [s.key for s in plan.stages]
     assert all(order.index(s.cold.key) < order.index(s.key) for s in rapo)

@@ -83,14 +83,22 @@ class Plan:
         }
 
 
-def _digest(config: TrainConfig) -> str:
+def shared_synthetic_spec(study_dir: str | Path) -> str:
+    """The data spec of the synthetic images every run of a study reads."""
+    return f"synthetic:{Path(study_dir).resolve() / 'data' / 'synthetic'}"
+
+
+def _digest(config: TrainConfig, study_dir: str | Path) -> str:
     """The hash of the settings that differ from `TrainConfig()`'s defaults (outside
     `RESUME_FREE_KEYS`): a setting added in a later release, at its default, keeps every key (as
-    `--resume` reads a saved run's missing keys as their defaults)."""
+    `--resume` reads a saved run's missing keys as their defaults). The study's own synthetic-data
+    folder counts as plain `synthetic`, so the keys do not depend on where the study lies."""
     from aesr1.train.trackers import flatten
 
     defaults = flatten(json.loads(json.dumps(TrainConfig().to_dict())))
     values = flatten(json.loads(json.dumps(config.to_dict())))
+    if values.get("data.spec") == shared_synthetic_spec(study_dir):
+        values["data.spec"] = "synthetic"
     absent = object()
     kept = {
         key: value
@@ -120,7 +128,7 @@ def variant_config(
     if config.model.name_or_path is None:
         seeded["model"] = {"tiny_seed": seed}
     if config.data.spec.strip() == "synthetic":
-        seeded["data"] = {"spec": f"synthetic:{Path(study_dir).resolve() / 'data' / 'synthetic'}"}
+        seeded["data"] = {"spec": shared_synthetic_spec(study_dir)}
     return config_from_dict(seeded, config, validate=False)
 
 
@@ -149,8 +157,8 @@ def make_plan(
                 except (ValueError, TypeError, FileNotFoundError) as error:
                     raise type(error)(f"grid {grid.name!r}, variant {variant.name!r}: {error}") from None
                 cold_config = cold_start_config(config)
-                cold_key = "cold-" + _digest(cold_config)
-                rapo_key = "rapo-" + _digest(config)
+                cold_key = "cold-" + _digest(cold_config, study_dir)
+                rapo_key = "rapo-" + _digest(config, study_dir)
                 use = (grid.name, variant.name, seed)
                 if cold_key not in stages:
                     cold_config.output_dir = str(runs_dir / cold_key)
