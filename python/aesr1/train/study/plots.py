@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -169,6 +170,7 @@ def plot_distributions(runs: dict[str, list[Path]], path: Path, *, title: str = 
         axis.legend(frameon=False, fontsize=6)
     for axis in list(axes.flat)[len(runs) :]:
         axis.axis("off")
-    figure.suptitle(f"{title}: held-out score distributions, predicted vs true (seeds pooled)", fontsize=10)
-    figure.tight_layout(rect=(0, 0, 1, 0.94))
+    heading = f"{title}: held-out score distributions, predicted vs true (seeds pooled)"
+    figure.suptitle(textwrap.fill(heading, width=int(11 * 4.2 * columns)), fontsize=10)
+    figure.tight_layout(rect=(0, 0, 1, 0.94 if len(heading) <= 11 * 4.2 * columns else 0.88))
     return _save(figure, path)
