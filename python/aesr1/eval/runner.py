@@ -182,8 +182,12 @@ def run_evaluation(
     if predictor is None:
         if not config.model:
             raise ValueError("model: give a model directory (or inject a predictor)")
-        if not (Path(config.model) / "config.json").is_file():  # fail before the datasets' image checks
-            raise FileNotFoundError(f"model: {config.model!r} is not a model directory (no config.json)")
+        from aesr1.modeling.loading import is_model_dir
+
+        if not is_model_dir(config.model):  # fail before the datasets' image checks
+            raise FileNotFoundError(
+                f"model: {config.model!r} is not a model directory (no config.json or adapter_config.json)"
+            )
         resolve_device(config.device)
     output = check_writable(config.output_dir)
     loaded = dict(datasets) if datasets is not None else load_eval_datasets(config)

@@ -27,8 +27,25 @@ def resolve_attn_implementation(name: str | None) -> str | None:
     return "sdpa"
 
 
-def load_model(path: str | Path, *, dtype: str | None = None, attn_implementation: str | None = None):
+def is_model_dir(path: str | Path) -> bool:
+    """A directory `load_model` reads: full weights (`config.json`) or a peft adapter."""
+    from aesr1.modeling.lora import is_adapter_dir
+
+    return (Path(path) / "config.json").is_file() or is_adapter_dir(path)
+
+
+def load_model(
+    path: str | Path,
+    *,
+    dtype: str | None = None,
+    attn_implementation: str | None = None,
+    merge_adapter: bool = True,
+):
     """Load `(model, processor)` from a local Qwen2.5-VL-style directory.
+
+    A peft adapter directory (`adapter_config.json`) loads its base model (the directory its
+    `base_model_name_or_path` names, itself possibly an adapter) and the adapter on it, merged into
+    the weights unless `merge_adapter` is False (then a `peft.PeftModel` whose adapter trains).
 
     Raises `FileNotFoundError` for a missing path and `ValueError` for an unknown dtype or a model
     that is not a vision-language model (no vision config), before loading any weights.
@@ -36,10 +53,22 @@ def load_model(path: str | Path, *, dtype: str | None = None, attn_implementatio
     import torch
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
+    from aesr1.modeling.lora import adapter_base_path, is_adapter_dir, load_adapter
+
     check_dtype(dtype)
     path = Path(path)
+    if is_adapter_dir(path) and not (path / "config.json").is_file():
+        base, _ = load_model(adapter_base_path(path), dtype=dtype, attn_implementation=attn_implementation)
+        model = load_adapter(base, path, trainable=not merge_adapter)
+        if merge_adapter:
+            model = model.merge_and_unload()
+        processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+        processor.tokenizer.padding_side = "left"
+        return model, processor
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"model directory {str(path)!r} has no config.json (give a local checkpoint)")
+        raise FileNotFoundError(
+            f"model directory {str(path)!r} has no config.json or adapter_config.json (give a local checkpoint)"
+        )
     config = AutoConfig.from_pretrained(path, local_files_only=True)
     if getattr(config, "vision_config", None) is None:
         raise ValueError(

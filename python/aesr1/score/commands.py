@@ -98,8 +98,12 @@ def check_model_dir(model: str) -> None:
     path = Path(model).expanduser()
     if not path.is_dir():
         raise UsageError(f"model directory {str(path)!r} not found")
-    if not (path / "config.json").is_file():
-        raise UsageError(f"model directory {str(path)!r} has no config.json (give a local checkpoint)")
+    from aesr1.modeling.loading import is_model_dir
+
+    if not is_model_dir(path):
+        raise UsageError(
+            f"model directory {str(path)!r} has no config.json or adapter_config.json (give a local checkpoint)"
+        )
 
 
 def _check_image(image: str) -> None:

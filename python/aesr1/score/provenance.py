@@ -38,7 +38,13 @@ def model_revision(path: str | os.PathLike | None) -> str | None:
         return None
     folder = Path(path)
     digest = hashlib.sha256()
-    for name in ("config.json", "model.safetensors.index.json", "pytorch_model.bin.index.json"):
+    # an adapter directory (peft) has adapter_config.json, which names its base, instead of config.json
+    for name in (
+        "config.json",
+        "adapter_config.json",
+        "model.safetensors.index.json",
+        "pytorch_model.bin.index.json",
+    ):
         if (folder / name).is_file():
             digest.update(f"{name}/".encode())
             digest.update((folder / name).read_bytes())
