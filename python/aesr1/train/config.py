@@ -53,20 +53,36 @@ class LoraConfig:
 
     Attributes:
         r: adapter rank; None (default) trains every weight (full fine-tuning), an integer >= 1
-            turns LoRA on: the cold start trains an adapter and RAPO continues it.
+            turns LoRA on: the cold start trains an adapter and RAPO continues it, with every base
+            weight frozen. RAPO's reference (beta > 0) is then no second model: the same weights
+            with the cold-start adapter (a frozen copy of it), or with no adapter when RAPO starts
+            from the base weights (`aesr1.modeling.lora`).
         alpha: LoRA scaling numerator (peft's `lora_alpha`); None means 2 r.
         dropout: dropout on the adapter input (peft's `lora_dropout`).
-        target_modules: module-name suffixes to adapt, matched in the language model only (the vision
-            tower stays frozen); default: Qwen2.5-VL's attention and MLP projections.
+        target_modules: module-name suffixes of linear layers to adapt, matched in the language
+            model only (the vision tower and lm_head are never adapted); default: Qwen2.5-VL's
+            attention and MLP projections. A suffix that matches nothing is an error.
+        modules_to_save: module-name suffixes of modules outside the vision tower trained in full
+            beside the adapters (peft's `modules_to_save`), e.g. `lm_head`; default none. The
+            embedded tiny model needs `lm_head`: its random, frozen output layer can only give
+            near-uniform token distributions, which low-rank updates of the blocks cannot sharpen.
+            A trained lm_head needs `rapo.fused_linear: false` (the fused loss reads its weight).
         merge_before_rapo: merge the cold-start adapter into the weights and start a fresh adapter
-            for RAPO (the reference is then the merged cold-start model), instead of continuing it.
+            for RAPO (the reference is then the merged cold-start model, the fresh adapter's base
+            weights), instead of continuing it.
+        save_merged: the final model directories (`sft/final`, `rapo/final`) hold full weights with
+            the adapter merged in (`--merge`), the adapter itself in their `adapter/` folder; by
+            default they hold the adapter alone (with the processor and model card), which
+            `aesr1 eval` / `aesr1 score` load on the base model its `adapter_config.json` names.
     """
 
     r: int | None = None
     alpha: float | None = None
     dropout: float = 0.05
     target_modules: list[str] = field(default_factory=lambda: list(QWEN2_5_VL_LORA_TARGETS))
+    modules_to_save: list[str] = field(default_factory=list)
     merge_before_rapo: bool = False
+    save_merged: bool = False
 
 
 @dataclass
@@ -829,6 +845,19 @@ def validate_config(config: TrainConfig, world_size: int = 1) -> None:
     weights = {"rank": reward.rank, "abs": reward.abs, "binary": reward.binary, "format": reward.format}
     if not any(w > 0 for w in weights.values()):
         raise ValueError(f"reward weights must be >= 0 with at least one > 0, got {weights}")
+    lora = config.model.lora
+    if lora.r is None:
+        for key, value in (("save_merged", lora.save_merged), ("merge_before_rapo", lora.merge_before_rapo)):
+            if value:
+                flag = " (--merge)" if key == "save_merged" else ""
+                raise ValueError(
+                    f"model.lora.{key}{flag} needs LoRA: set model.lora.r (full fine-tuning has no adapter "
+                    "to merge and already saves full weights)"
+                )
+    if isinstance(lora.target_modules, str) or not lora.target_modules:
+        raise ValueError(
+            f"model.lora.target_modules must be a non-empty list of module-name suffixes, got {lora.target_modules!r}"
+        )
     if config.model.tiny_hidden_size % 16:
         raise ValueError(
             f"model.tiny_hidden_size must be a multiple of 16 (the tiny model's head size), "
