@@ -65,6 +65,11 @@ def parse_args(argv: list[str] | None = None, prog: str = PROG) -> argparse.Name
         help="DeepSpeed config for both stages: zero3, zero3_offload, zero2 (packaged) or a JSON path",
     )  # fmt: skip
     parser.add_argument(
+        "--merge", action="store_true",
+        help="with LoRA (model.lora.r): the final model directories hold full weights with the adapter merged "
+        "in (model.lora.save_merged); by default they hold the adapter alone",
+    )  # fmt: skip
+    parser.add_argument(
         "--plan", action="store_true",
         help="print the memory each GPU needs for this configuration (both stages, itemised) and exit: "
         "no training, no weights loaded (aesr1.train.plan)",
@@ -126,6 +131,8 @@ def build_config(args: argparse.Namespace):
         values["deepspeed"] = args.deepspeed
     if args.report_to is not None:
         values["report_to"] = args.report_to
+    if args.merge:
+        values.setdefault("model", {}).setdefault("lora", {})["save_merged"] = True
     for assignment in args.set:
         set_override(values, assignment)
     return config_from_dict(values, config, validate=False), embedded
@@ -165,7 +172,7 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
         from aesr1.train.pipeline import check_output_dir, saved_run_config
 
         given = [args.config, args.model, args.data, args.cold_start, args.seed, args.set, args.deepspeed,
-                 args.report_to]  # fmt: skip
+                 args.report_to, args.merge or None]  # fmt: skip
         settled = not args.resume or any(g not in (None, []) for g in given)
         saved = None if settled else saved_run_config(config)
         if saved is not None:  # `--output-dir DIR --resume` alone continues DIR as it was started

@@ -39,8 +39,11 @@ def completion_logits(model, batch: dict[str, Any]) -> torch.Tensor:
 
 
 def decoder_of(model):
-    """The multimodal backbone (`Qwen2_5_VLModel`) that returns hidden states without lm_head."""
-    inner = getattr(model, "model", None)
+    """The multimodal backbone (`Qwen2_5_VLModel`) that returns hidden states without lm_head (of
+    the transformers model inside a `peft.PeftModel`, whose own `.model` is that whole model)."""
+    from aesr1.modeling.lora import base_model
+
+    inner = getattr(base_model(model), "model", None)
     if inner is None:
         raise TypeError(f"{type(model).__name__} has no `.model` backbone: fused_linear needs one")
     return inner
@@ -57,7 +60,14 @@ def completion_hidden(model, batch: dict[str, Any]) -> torch.Tensor:
 
 def call_with_lm_head_weight(model, fn: Callable[..., Any], hidden: torch.Tensor, *args: Any, **kwargs: Any):
     """`fn(hidden, lm_head.weight, *args, **kwargs)` run as lm_head's forward (see the module docstring)."""
-    head = model.get_output_embeddings()
+    from aesr1.modeling.lora import base_model
+
+    head = base_model(model).get_output_embeddings()
+    if hasattr(head, "modules_to_save"):  # peft's wrapper of a module trained in full
+        raise TypeError(
+            "fused_linear reads lm_head's weight, and lm_head is in model.lora.modules_to_save: "
+            "set rapo.fused_linear=false"
+        )
     if head is None or getattr(head, "bias", None) is not None:
         raise TypeError("fused_linear needs a bias-free lm_head (`get_output_embeddings()`)")
     original = head.forward

@@ -39,6 +39,8 @@ class CardInputs:
         config: the full resolved training config as plain values (`dataclasses.asdict`).
         table: the run's held-out table (Markdown), rows for the stages evaluated so far.
         held_out: how the held-out images were chosen, in words.
+        adapter_base: for a directory holding a LoRA adapter (peft) rather than full weights, the
+            base model directory its `adapter_config.json` names; None for full weights.
     """
 
     stage: str
@@ -48,6 +50,7 @@ class CardInputs:
     table: str = ""
     held_out: str = ""
     extra_tags: list[str] = field(default_factory=list)
+    adapter_base: str | None = None
 
 
 def _dataset_names(data_spec: str) -> list[str]:
@@ -90,18 +93,30 @@ def model_card_text(inputs: CardInputs) -> str:
         license=base_metadata.get("license") or UNKNOWN_LICENSE,
         base_model=hub_id,
         datasets=[d for d in datasets if d != "synthetic"] or None,
-        tags=TAGS + [f"aesr1-{inputs.stage}"] + list(inputs.extra_tags),
-        library_name="transformers",
+        tags=TAGS
+        + [f"aesr1-{inputs.stage}"]
+        + (["lora"] if inputs.adapter_base else [])
+        + list(inputs.extra_tags),
+        library_name="peft" if inputs.adapter_base else "transformers",
         pipeline_tag="image-text-to-text",
     )
     config_yaml = yaml.safe_dump(inputs.config, sort_keys=False, allow_unicode=True).rstrip()
     table = inputs.table.strip() or "_No held-out evaluation was run._"
+    adapter = (
+        f"""
+This directory holds a LoRA adapter (peft), not full weights: its `adapter_config.json` names the
+base model directory `{inputs.adapter_base}` (`base_model_name_or_path`; edit it where the base
+model lives elsewhere). `aesr1 score` and `aesr1.Scorer` load that base and merge the adapter in.
+"""
+        if inputs.adapter_base
+        else ""
+    )
     body = f"""
 # Aes-R1 aesthetic scorer ({inputs.stage})
 
 A vision-language model that writes an aesthetic critique of an image and then a score, trained
 with [aesr1](https://pypi.org/project/aesr1/): {STAGE_TITLES[inputs.stage]}.
-
+{adapter}
 - **Base model:** `{inputs.base_model}`
 - **Training data:** {", ".join(f"`{d}`" for d in datasets)} (data spec `{inputs.data_spec}`)
 - **Held-out images:** {inputs.held_out or "see `data` in the training config below"}

@@ -228,11 +228,15 @@ def build_model(config: TrainConfig, corpus: list[str]):
     return load(config, config.model.name_or_path)
 
 
-def load(config: TrainConfig, path: str | Path):
+def load(config: TrainConfig, path: str | Path, *, merge_adapter: bool = True):
+    """The model in `path` in the run's dtype and attention (an adapter merged, unless `merge_adapter`
+    is False: then a `PeftModel` whose adapter trains)."""
     from aesr1.modeling.loading import load_model
 
     dtype = config.model.dtype if torch.cuda.is_available() else "float32"
-    return load_model(path, dtype=dtype, attn_implementation=config.model.attn_implementation)
+    return load_model(
+        path, dtype=dtype, attn_implementation=config.model.attn_implementation, merge_adapter=merge_adapter
+    )
 
 
 def format_table(rows: dict[str, dict[str, Any]]) -> str:
@@ -362,16 +366,18 @@ def _held_out_description(config: TrainConfig) -> str:
 
 def write_model_cards(config: TrainConfig, out: Path, rows: dict[str, dict[str, Any]]) -> None:
     """A model card (`README.md`) in each finished stage's `final` directory, with the run's table."""
+    from aesr1.modeling.lora import adapter_base_path, is_adapter_dir
     from aesr1.train.model_card import CardInputs, write_model_card
 
     for stage in ("sft", "rapo"):
         final = out / stage / "final"
         if is_complete(final):
+            adapter_base = str(adapter_base_path(final)) if is_adapter_dir(final) else None
             write_model_card(final, CardInputs(
                 stage=stage,
                 base_model=config.model.name_or_path or "tiny random-initialised Qwen2.5-VL (aesr1.modeling.tiny)",
                 data_spec=config.data.spec, config=config.to_dict(), table=format_table(rows),
-                held_out=_held_out_description(config),
+                held_out=_held_out_description(config), adapter_base=adapter_base,
             ))  # fmt: skip
 
 
@@ -448,27 +454,43 @@ def run_pipeline(
     policy_source = Path(config.model.name_or_path) if config.model.name_or_path else initial_dir
     if "sft" in stages and config.sft.num_train_epochs > 0 and not (resume and is_complete(sft_final)):
         results.drop("sft", "rapo")
-        trainer = run_sft(config, model, processor, rows, out / "sft", resume=resume, trackers=trackers)
+        trainer = run_sft(config, model, processor, rows, out / "sft", resume=resume, trackers=trackers,
+                          base_path=policy_source)  # fmt: skip
         release_trainer(trainer)
         del trainer
     state.wait_for_everyone()  # the main process writes sft/final
     # RAPO after SFT starts from (and is anchored to) the SFT model, also when SFT ran earlier
     # (`--stages rapo` on a directory holding it; `check_output_dir` refuses when it is missing).
+    lora = config.model.lora.r is not None
+    rapo_final = out / "rapo" / "final"
+    rapo_runs = "rapo" in stages and (config.rapo.num_train_epochs > 0) and config.rapo.max_steps != 0
+    rapo_trains = rapo_runs and not (resume and is_complete(rapo_final))
     if config.sft.num_train_epochs > 0 and is_complete(sft_final):
         del model
-        model, processor = load(config, sft_final)
+        if lora and rapo_trains:  # the cold-start adapter, continued or merged (`aesr1.train.adapters`)
+            from aesr1.train.adapters import rapo_policy
+
+            model, processor = rapo_policy(
+                config, sft_final, lambda p, merge: load(config, p, merge_adapter=merge)
+            )
+        else:
+            model, processor = load(config, sft_final)
         if "sft" not in results.rows:
             evaluate(model.to(state.device), processor, "sft", state)
         if state.is_main_process:
             write_model_cards(config, out, results.rows)
         policy_source = sft_final
 
-    rapo_final = out / "rapo" / "final"
-    if "rapo" in stages and (config.rapo.num_train_epochs > 0) and config.rapo.max_steps != 0:
-        if not (resume and is_complete(rapo_final)):
+    if rapo_runs:
+        if rapo_trains:
             results.drop("rapo")
             ref_model = None
-            if config.rapo.beta > 0:
+            if lora:
+                from aesr1.modeling.lora import apply_lora, is_peft_model
+
+                if not is_peft_model(model):  # RAPO from the base weights: a fresh adapter
+                    model = apply_lora(model, config.model.lora, base_path=policy_source)
+            elif config.rapo.beta > 0:
                 ref_model, _ = load(config, policy_source)
             accelerator = make_rapo_accelerator(config, model)
             trainer = RAPOTrainer(

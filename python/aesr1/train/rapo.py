@@ -153,9 +153,12 @@ class RAPOTrainer:
 
     Args:
         config: the run configuration (`rapo`, `reward`, `eval` sections are used).
-        model: the policy (a Qwen2.5-VL-style `...ForConditionalGeneration`).
+        model: the policy (a Qwen2.5-VL-style `...ForConditionalGeneration`), or a `peft.PeftModel`
+            whose adapter trains (`aesr1.modeling.lora`).
         processor: its processor.
-        ref_model: frozen reference (the SFT checkpoint); None when `rapo.beta == 0`.
+        ref_model: frozen reference (the SFT checkpoint); None when `rapo.beta == 0`, and None for
+            a `PeftModel`, whose reference is the same model with its reference weights
+            (`aesr1.modeling.lora.reference_weights`: no second model in memory).
         train_items: the training images.
         output_dir: checkpoints go to `<output_dir>/checkpoint-<step>`, logs beside them.
         accelerator: an `accelerate.Accelerator` (one is made when None).
@@ -189,7 +192,14 @@ class RAPOTrainer:
                 f"RAPO needs at least images_per_generation = {self.cfg.images_per_generation} training images, "
                 f"got {len(train_items)} (lower rapo.mini_batch_size or rapo.steps_per_generation)"
             )
-        if self.cfg.beta > 0 and ref_model is None:
+        from aesr1.modeling.lora import base_model, is_peft_model
+
+        self.lora = is_peft_model(model)
+        if self.lora and ref_model is not None:
+            raise ValueError(
+                "a LoRA policy computes its reference log-probs with its own reference weights: pass no ref_model"
+            )
+        if self.cfg.beta > 0 and ref_model is None and not self.lora:
             raise ValueError("rapo.beta > 0 needs a reference model (the SFT checkpoint)")
         self.processor = processor
         self.train_items = list(train_items)
@@ -206,9 +216,14 @@ class RAPOTrainer:
 
         from aesr1.modeling.freeze import freeze_vision
 
-        freeze_vision(model, tower=self.cfg.freeze_vision_tower, projector=self.cfg.freeze_projector)
+        freeze_vision(
+            base_model(model), tower=self.cfg.freeze_vision_tower, projector=self.cfg.freeze_projector
+        )
         if config.model.gradient_checkpointing:
             model.gradient_checkpointing_enable()
+            if self.lora:
+                # with every base weight frozen, checkpointed blocks need an input that requires grad
+                model.enable_input_require_grads()
         self.fused_linear = (
             self.cfg.fused_linear
             if self.cfg.fused_linear is not None
@@ -346,11 +361,21 @@ class RAPOTrainer:
         )
         stats["completion_length/clipped"] = (lengths >= cfg.max_completion_length).float().mean().item()
         old_logp = self._logprobs(self.model, batch) if cfg.steps_per_generation > 1 else None
-        ref_logp = self._logprobs(self.ref_model, batch) if self.ref_model is not None else None
+        ref_logp = self._reference_logprobs(batch) if cfg.beta > 0 else None
         if old_logp is not None and "sampling_logprobs" in batch:
             stats.update(self._drift(batch["sampling_logprobs"], old_logp, mask))
         advantages = torch.tensor(scored.advantages, dtype=torch.float32, device=self.accelerator.device)
         return Round(batch, rollout.texts, advantages, old_logp, ref_logp, stats)
+
+    def _reference_logprobs(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Log-probs under the reference: the reference model, or for a LoRA policy the policy's
+        own network with the reference weights switched in (ZeRO-3 hooks and DDP as for the policy)."""
+        if not self.lora:
+            return self._logprobs(self.ref_model, batch)
+        from aesr1.modeling.lora import reference_weights
+
+        with reference_weights(self._unwrapped(self.model)):
+            return self._logprobs(self.model, batch)
 
     def _drift(self, sampled: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
         """|log-prob under the sampler - log-prob under the training forward| over valid tokens: how far
@@ -509,6 +534,9 @@ class RAPOTrainer:
                 print(f"[rapo] resumed from {path} at step {self.position.step}")
         else:  # from step 0: the rows of a run killed before its first checkpoint are retrained
             self.logger.truncate_after(0)
+            # LoRA dropout draws from the global generator: a restart from step 0 draws what an
+            # uninterrupted run drew (a checkpoint restores the generator's state)
+            torch.manual_seed(self.config.seed)
         bar = None
         if self.config.progress and acc.is_main_process:
             import sys
@@ -567,7 +595,8 @@ class RAPOTrainer:
 
     def save_model(self, path: str | Path) -> None:
         """The trained policy as a `from_pretrained` directory (with its processor), published whole
-        with a `COMPLETE` marker (`aesr1.train.durable`)."""
+        with a `COMPLETE` marker (`aesr1.train.durable`); a LoRA policy saves its adapter
+        (`aesr1.train.adapters`)."""
         from aesr1.train.durable import publish_dir, remove_tree, staging_path
 
         acc = self.accelerator
@@ -577,8 +606,14 @@ class RAPOTrainer:
         state = acc.get_state_dict(self.model)
         if acc.is_main_process:
             remove_tree(staged)
-            unwrapped.save_pretrained(str(staged), state_dict=state)
-            self.processor.save_pretrained(str(staged))
+            if self.lora:
+                from aesr1.train.adapters import save_stage_adapter
+
+                save_stage_adapter(unwrapped, self.processor, staged,
+                                   save_merged=self.config.model.lora.save_merged, state_dict=state)  # fmt: skip
+            else:
+                unwrapped.save_pretrained(str(staged), state_dict=state)
+                self.processor.save_pretrained(str(staged))
             publish_dir(staged, path)
         acc.wait_for_everyone()
 

@@ -187,18 +187,25 @@ def sft_steps(config: TrainConfig, num_rows: int) -> int:
     return steps if sft.max_steps is None else min(steps, sft.max_steps)
 
 
-def save_final(trainer, processor, final: Path) -> None:
-    """The fine-tuned model as a `from_pretrained` directory, published whole (see `durable`)."""
+def save_final(trainer, processor, final: Path, *, save_merged: bool = False) -> None:
+    """The fine-tuned model as a `from_pretrained` directory, published whole (see `durable`); a
+    LoRA model saves its adapter (and with `save_merged` the merged weights, `aesr1.train.adapters`)."""
+    from aesr1.modeling.lora import is_peft_model
+    from aesr1.train.adapters import adapter_target, write_merged
     from aesr1.train.durable import publish_dir, remove_tree, staging_path
 
     staged = staging_path(final)
+    lora = is_peft_model(trainer.accelerator.unwrap_model(trainer.model))
+    target = adapter_target(staged, save_merged) if lora else staged
     if trainer.is_world_process_zero():
         remove_tree(staged)
     trainer.accelerator.wait_for_everyone()
-    trainer.save_model(str(staged))  # collective under DeepSpeed ZeRO-3
+    trainer.save_model(str(target))  # collective under DeepSpeed ZeRO-3; a PeftModel saves its adapter
     trainer.accelerator.wait_for_everyone()
     if trainer.is_world_process_zero():
-        processor.save_pretrained(str(staged))
+        processor.save_pretrained(str(target))
+        if lora and save_merged:
+            write_merged(target, staged)
         publish_dir(staged, final)
     trainer.accelerator.wait_for_everyone()
 
@@ -213,9 +220,13 @@ def run_sft(
     resume: bool = False,
     callbacks: Sequence[Any] = (),
     trackers=None,
+    base_path: str | Path | None = None,
 ):
     """Fine-tune `model` on the cold-start `rows`; saves `<output_dir>/final` and returns the trainer.
 
+    With `model.lora.r` set, `model` gets a fresh LoRA adapter (`aesr1.modeling.lora.apply_lora`)
+    and only the adapter trains; `base_path`, the directory `model`'s weights load from, is
+    recorded in the saved adapter.
     `callbacks`: extra `transformers.TrainerCallback`s (e.g. a step timer) after the JSONL logger.
     `trackers`: the run's experiment trackers (`aesr1.train.trackers.Trackers`), if any.
     """
@@ -223,6 +234,7 @@ def run_sft(
     from trl import SFTConfig
 
     from aesr1.modeling.freeze import freeze_vision
+    from aesr1.modeling.lora import apply_lora, base_model, is_peft_model
     from aesr1.train.distributed import sft_deepspeed_config
 
     sft = config.sft
@@ -262,7 +274,10 @@ def run_sft(
         dataloader_num_workers=0,
         deepspeed=sft_deepspeed_config(config),
     )
-    freeze_vision(model, tower=sft.freeze_vision_tower, projector=sft.freeze_projector)
+    lora = config.model.lora
+    if lora.r is not None and not is_peft_model(model):
+        model = apply_lora(model, lora, base_path=base_path)
+    freeze_vision(base_model(model), tower=sft.freeze_vision_tower, projector=sft.freeze_projector)
     dataset = Dataset.from_list(
         [
             {"image": r["image"], "prompt": r.get("prompt", SCORING_PROMPT), "completion": r["completion"]}
@@ -296,6 +311,6 @@ def run_sft(
     if checkpoint is not None:
         trainer.restore_extra_state(checkpoint)
     trainer.train(resume_from_checkpoint=None if checkpoint is None else str(checkpoint))
-    save_final(trainer, processor, output_dir / "final")
+    save_final(trainer, processor, output_dir / "final", save_merged=lora.save_merged)
     logger.close()
     return trainer
