@@ -13,12 +13,14 @@ Prints, from one run:
 * `rapo` against a loop implementation shaped like the released Aes-R1 reward code: Python loops
   over torch scalar operations, at N = 128, K = 4;
 * `aesr1.metrics.srcc` / `krcc` against `scipy.stats.spearmanr` / `kendalltau` at n = 10^6;
-* the same on a busy host: a spinning process pinned to one core while srcc / krcc run in child
-  processes with 1 and with 2 native threads (`RAYON_NUM_THREADS`), SciPy timed alongside
-  (`--busy-only` runs just these rows).
+* srcc / krcc at n = 10^6 in child processes with 1 and with 2 native threads
+  (`RAYON_NUM_THREADS`), SciPy timed alongside, as the host is and on a busy host (a spinning
+  process pinned to one core), with the spread of the per-round 1-thread / 2-thread ratios
+  (`--threads-only` runs just these rows, `--busy-only` just the busy host's).
 
 Times are the best of several repeats, taken alternately for aesr1 and its baseline so both see
-the same background load (the machine may be shared; the best run is the least disturbed one).
+the same background load (the machine may be shared; the best run is the least disturbed one);
+the thread rows give medians, from rounds that run both thread counts in alternating order.
 """
 
 from __future__ import annotations
@@ -128,16 +130,15 @@ def best_of(fn, repeats: int) -> float:
     return min(timeit.repeat(fn, number=1, repeat=repeats))
 
 
-def busy_worker(repeats: int) -> None:
-    """Child process of `busy_host_rows`: best srcc and krcc times on this process's pool."""
+def thread_worker(repeats: int) -> None:
+    """Child process of `thread_rows`: every srcc and krcc time on this process's pool."""
     import json
 
     x, y = metric_inputs()
-    out = {
-        "threads": _core.num_threads(),
-        "srcc": best_of(lambda: metrics.srcc(x, y), repeats),
-        "krcc": best_of(lambda: metrics.krcc(x, y), repeats),
-    }
+    out: dict[str, object] = {"threads": _core.num_threads()}
+    for name, fn in (("srcc", metrics.srcc), ("krcc", metrics.krcc)):
+        fn(x, y)
+        out[name] = timeit.repeat(lambda fn=fn: fn(x, y), number=1, repeat=repeats)
     print(json.dumps(out))
 
 
@@ -149,10 +150,12 @@ def spin() -> None:
         pass
 
 
-def busy_host_rows(rounds: int, repeats: int) -> list[tuple[str, float, float]]:
-    """srcc / krcc at n = 10^6 with one core taken by a spinning process: the native code in fresh
-    processes with 1 and 2 threads (the pool size is fixed per process), SciPy in this one, taken
-    in alternating rounds so that all see the same load."""
+def thread_rows(rounds: int, repeats: int, busy: bool) -> tuple[list[tuple[str, float, float]], list[str]]:
+    """srcc / krcc at n = 10^6 with 1 and 2 native threads (the pool size is fixed per process, so
+    each runs in a fresh process), and SciPy in this one; with `busy`, while a spinning process
+    holds one core. Each round runs both thread counts, in alternating order, and SciPy, so that
+    background load hits all alike. Returns rows of median times and, per metric, the spread of
+    the per-round ratios (1-thread median / 2-thread median: above 1, 2 threads were faster)."""
     import json
     import multiprocessing
     import subprocess
@@ -160,60 +163,71 @@ def busy_host_rows(rounds: int, repeats: int) -> list[tuple[str, float, float]]:
     from scipy import stats
 
     x, y = metric_inputs()
-    ctx = multiprocessing.get_context("spawn")
-    spinner = ctx.Process(target=spin, daemon=True)
-    spinner.start()
-    best = {(t, m): math.inf for t in (1, 2) for m in ("srcc", "krcc")}
-    scipy_best = {"srcc": math.inf, "krcc": math.inf}
-    try:
+    spinner = None
+    if busy:
+        spinner = multiprocessing.get_context("spawn").Process(target=spin, daemon=True)
+        spinner.start()
         time.sleep(0.2)
-        for _ in range(rounds):
-            for threads in (1, 2):
+    times = {(t, m): [] for t in (1, 2) for m in ("srcc", "krcc")}
+    ratios = {"srcc": [], "krcc": []}
+    scipy_times = {"srcc": [], "krcc": []}
+    try:
+        for r in range(rounds):
+            medians = {}
+            for threads in (1, 2) if r % 2 == 0 else (2, 1):
                 env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
-                cmd = [sys.executable, __file__, "--busy-worker", "--repeats", str(repeats)]
+                cmd = [sys.executable, __file__, "--thread-worker", "--repeats", str(repeats)]
                 got = json.loads(
                     subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
                 )
                 assert got["threads"] == threads
                 for m in ("srcc", "krcc"):
-                    best[threads, m] = min(best[threads, m], got[m])
-            scipy_best["srcc"] = min(scipy_best["srcc"], best_of(lambda: stats.spearmanr(x, y), 1))
-            scipy_best["krcc"] = min(scipy_best["krcc"], best_of(lambda: stats.kendalltau(x, y), 1))
+                    times[threads, m].extend(got[m])
+                    medians[threads, m] = float(np.median(got[m]))
+            for m in ("srcc", "krcc"):
+                ratios[m].append(medians[1, m] / medians[2, m])
+            scipy_times["srcc"].append(best_of(lambda: stats.spearmanr(x, y), 1))
+            scipy_times["krcc"].append(best_of(lambda: stats.kendalltau(x, y), 1))
     finally:
-        spinner.terminate()
-        spinner.join()
-    rows = []
+        if spinner is not None:
+            spinner.terminate()
+            spinner.join()
+    host = "busy host" if busy else "this host"
+    rows, spreads = [], []
     for m, scipy_name in (("srcc", "spearmanr"), ("krcc", "kendalltau")):
+        scipy_median = float(np.median(scipy_times[m]))
         for threads in (1, 2):
-            rows.append(
-                (
-                    f"busy host: {m} n=1e6, {threads} thread(s) vs scipy.stats.{scipy_name}",
-                    best[threads, m],
-                    scipy_best[m],
-                )
-            )
-        rows.append(
-            (f"busy host: {m} 2 threads vs 1 thread (speed-up > 1: 2 faster)", best[2, m], best[1, m])
+            name = f"{host}: {m} n=1e6, {threads} thread(s) vs scipy.stats.{scipy_name} (medians)"
+            rows.append((name, float(np.median(times[threads, m])), scipy_median))
+        q = np.quantile(ratios[m], [0.0, 0.25, 0.5, 0.75, 1.0])
+        spreads.append(
+            f"{host}: {m} 1-thread / 2-thread time over {rounds} rounds of {repeats} calls: median "
+            f"{q[2]:.2f}, quartiles {q[1]:.2f}-{q[3]:.2f}, range {q[0]:.2f}-{q[4]:.2f} "
+            "(above 1: 2 threads faster)"
         )
-    return rows
+    return rows, spreads
 
 
-def print_rows(rows: list[tuple[str, float, float]]) -> None:
+def print_rows(rows: list[tuple[str, float, float]], notes: list[str] = ()) -> None:
     width = max(len(r[0]) for r in rows)
     print(f"\n{'benchmark':<{width}}  {'aesr1':>11}  {'baseline':>11}  {'speed-up':>9}")
     for name, ours, theirs in rows:
         print(f"{name:<{width}}  {fmt(ours):>11}  {fmt(theirs):>11}  {theirs / ours:>8.1f}x")
+    for note in notes:
+        print(note)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    parser.add_argument("--threads-only", action="store_true", help="only the 1- vs 2-thread rows")
     parser.add_argument("--busy-only", action="store_true", help="only the busy-host rows")
-    parser.add_argument("--busy-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, help="rounds of the thread rows (default 8, --quick 3)")
+    parser.add_argument("--thread-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--repeats", type=int, default=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.busy_worker:
-        busy_worker(args.repeats)
+    if args.thread_worker:
+        thread_worker(args.repeats)
         return
     repeats = 3 if args.quick else 7
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
@@ -225,9 +239,13 @@ def main() -> None:
     if load is not None:
         print(f"load average at start (1, 5, 15 min): {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     rows = []
-    busy_rounds = 2 if args.quick else 4
-    if args.busy_only:
-        print_rows(busy_host_rows(busy_rounds, 3))
+    rounds = args.rounds or (3 if args.quick else 8)
+    if args.busy_only or args.threads_only:
+        rows, notes = thread_rows(rounds, 3, busy=True)
+        if args.threads_only:
+            quiet_rows, quiet_notes = thread_rows(rounds, 3, busy=False)
+            rows, notes = quiet_rows + rows, quiet_notes + notes
+        print_rows(rows, notes)
         return
 
     for n, k in [(1024, 16), (128, 4)]:
@@ -270,8 +288,12 @@ def main() -> None:
     ]:
         ours, theirs = compare(lambda f=ours_fn: f(x, y), lambda f=scipy_fn: f(x, y), metric_repeats, 0.0)
         rows.append((name, ours, theirs))
-    rows.extend(busy_host_rows(busy_rounds, 3))
-    print_rows(rows)
+    notes = []
+    for busy in (False, True):
+        more_rows, more_notes = thread_rows(rounds, 3, busy)
+        rows.extend(more_rows)
+        notes.extend(more_notes)
+    print_rows(rows, notes)
 
 
 def fmt(seconds: float) -> str:
