@@ -98,11 +98,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _reference_step(initial, data, processor, items, out_dir, fused, monkeypatch):
+def _reference_step(initial, data, processor, items, out_dir, fused, monkeypatch, lora=False):
     """The worker's optimiser step for one rank's round, without DeepSpeed: the parameter delta."""
     sys.path.insert(0, str(WORKER.parent))
     try:
-        from zero3_rapo_step import PlainSGD, rapo_values
+        from zero3_rapo_step import PlainSGD, lora_model, rapo_values
     finally:
         sys.path.pop(0)
     from aesr1.modeling.tiny import build_tiny_model
@@ -110,9 +110,11 @@ def _reference_step(initial, data, processor, items, out_dir, fused, monkeypatch
 
     monkeypatch.setattr(torch.optim, "AdamW", PlainSGD)
     model, _ = build_tiny_model(seed=0)
+    model = lora_model(model) if lora else model
     model.load_state_dict(initial)
     config = config_from_dict(rapo_values(str(out_dir), fused))
-    trainer = RAPOTrainer(config, model, processor, items, ref_model=copy.deepcopy(model), output_dir=out_dir)
+    reference = None if lora else copy.deepcopy(model)
+    trainer = RAPOTrainer(config, model, processor, items, ref_model=reference, output_dir=out_dir)
     assert not trainer.deepspeed
     rnd = Round(data["batch"], [], data["advantages"], data["old_logp"], data["ref_logp"], {})
     metrics = trainer.optimiser_step(rnd, data["rows"])
@@ -120,8 +122,14 @@ def _reference_step(initial, data, processor, items, out_dir, fused, monkeypatch
 
 
 @pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="DeepSpeed is an optional extra")
-@pytest.mark.parametrize("fused", [True, False], ids=["fused-linear", "logits"])
-def test_zero3_rapo_step_in_two_processes_equals_the_step_without_deepspeed(tmp_path, fused, monkeypatch):
+@pytest.mark.parametrize(
+    ("fused", "lora"), [(True, False), (False, False), (True, True)], ids=["fused-linear", "logits", "lora"]
+)
+def test_zero3_rapo_step_in_two_processes_equals_the_step_without_deepspeed(
+    tmp_path, fused, lora, monkeypatch
+):
+    """With `lora`, the policy is a PeftModel: only its adapter moves, and its reference log-probs
+    come from the same partitioned weights with the adapter disabled."""
     ds_json = tmp_path / "zero3.json"
     values = read_deepspeed_config("zero3")
     # SGD (see the worker) is not among ZeRO's tested optimisers; persistence 0 partitions every
@@ -134,7 +142,8 @@ def test_zero3_rapo_step_in_two_processes_equals_the_step_without_deepspeed(tmp_
     env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", TRITON_INTERPRET="0",
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")  # fmt: skip
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-               "--master_port", str(_free_port()), str(WORKER), str(out), str(ds_json), "1" if fused else "0"]  # fmt: skip
+               "--master_port", str(_free_port()), str(WORKER), str(out), str(ds_json), "1" if fused else "0",
+               *(["lora"] if lora else [])]  # fmt: skip
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
 
@@ -150,7 +159,7 @@ def test_zero3_rapo_step_in_two_processes_equals_the_step_without_deepspeed(tmp_
         data = torch.load(out / f"round{rank}.pt", weights_only=False)
         rounds.append(data)
         delta, metrics = _reference_step(
-            initial, data, processor, items, tmp_path / f"ref{rank}", fused, monkeypatch
+            initial, data, processor, items, tmp_path / f"ref{rank}", fused, monkeypatch, lora
         )
         deltas.append(delta)
     # Each rank rolled out its own images (whole groups), with its own ref log-probs.
@@ -161,8 +170,12 @@ def test_zero3_rapo_step_in_two_processes_equals_the_step_without_deepspeed(tmp_
         expected = initial[name] + (deltas[0][name] + deltas[1][name]) / 2  # DeepSpeed averages ranks
         torch.testing.assert_close(value, expected, rtol=1e-4, atol=1e-6, msg=name)
         changed += int(not torch.equal(value, initial[name]))
-    assert changed > 0.5 * len(after)
-    assert not torch.equal(after["lm_head.weight"], initial["lm_head.weight"])
+        if lora:  # the adapter alone trains
+            assert ("lora_" in name) or torch.equal(value, initial[name]), name
+    trainable = [name for name in after if "lora_" in name] if lora else list(after)
+    assert changed > 0.5 * len(trainable)
+    head = next(name for name in after if name.endswith("lm_head.weight"))
+    assert torch.equal(after[head], initial[head]) == lora
 
 
 def test_single_process_without_a_launcher_gets_rendezvous_variables():

@@ -1,6 +1,7 @@
 """One RAPO round + optimiser step under DeepSpeed ZeRO-3, run by `tests/test_train_deepspeed.py` as
-`python -m torch.distributed.run --nproc_per_node 2 tests/workers/zero3_rapo_step.py OUT DS_JSON FUSED`
-on CPU (DS_ACCELERATOR=cpu, gloo).
+`python -m torch.distributed.run --nproc_per_node 2 tests/workers/zero3_rapo_step.py OUT DS_JSON FUSED [lora]`
+on CPU (DS_ACCELERATOR=cpu, gloo). With `lora` the policy is a PeftModel (`lora_model`) whose
+reference is its own base weights (the adapter disabled).
 
 Saves the initial weights, each rank's round (rollouts, advantages, old/ref log-probs, its rows) and
 the gathered weights after the step, so the test can recompute the step without DeepSpeed. The
@@ -35,7 +36,23 @@ def rapo_values(out_dir: str, fused: bool) -> dict:
     }  # fmt: skip
 
 
-def main(out_dir: str, ds_json: str, fused: bool) -> None:
+def lora_model(model):
+    """The tiny model with a seeded rank-4 adapter whose lora_B is not 0 (so that the policy differs
+    from its reference, the base weights, and the KL term has a gradient)."""
+    from aesr1.modeling.lora import apply_lora
+    from aesr1.train.config import LoraConfig
+
+    torch.manual_seed(0)
+    model = apply_lora(model, LoraConfig(r=4, dropout=0.0))
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(0.05 * torch.randn(parameter.shape, generator=generator))
+    return model
+
+
+def main(out_dir: str, ds_json: str, fused: bool, lora: bool = False) -> None:
     torch.set_num_threads(1)
     sys.path.insert(0, os.path.dirname(__file__))
     from gloo_allreduce import use_gloo_allreduce
@@ -55,13 +72,17 @@ def main(out_dir: str, ds_json: str, fused: bool) -> None:
         items = make_synthetic_dataset(os.path.join(out_dir, "syn"), n=8, seed=0, image_size=32)
     config = config_from_dict({**rapo_values(out_dir, fused), "deepspeed": ds_json})
     model, processor = build_tiny_model(seed=0)
+    reference = None
+    if lora:
+        model = lora_model(model)
+    else:
+        reference = copy.deepcopy(model)
+        generator = torch.Generator().manual_seed(1)
+        with torch.no_grad():  # a reference unlike the policy, so the KL term has a gradient
+            for parameter in reference.parameters():
+                parameter.add_(0.02 * torch.randn(parameter.shape, generator=generator))
     if state.is_main_process:
         torch.save(model.state_dict(), os.path.join(out_dir, "initial.pt"))
-    reference = copy.deepcopy(model)
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # a reference unlike the policy, so the KL term has a gradient
-        for parameter in reference.parameters():
-            parameter.add_(0.02 * torch.randn(parameter.shape, generator=generator))
     accelerator = make_rapo_accelerator(config, model)
     assert is_zero3(accelerator), accelerator.distributed_type
     trainer = RAPOTrainer(config, model, processor, items, ref_model=reference, output_dir=out_dir,
@@ -87,7 +108,7 @@ def main(out_dir: str, ds_json: str, fused: bool) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], sys.argv[3] == "1")
+    main(sys.argv[1], sys.argv[2], sys.argv[3] == "1", sys.argv[4:] == ["lora"])
     # Results are on disk; skip interpreter teardown, where a library thread can abort the process
     # after the work is done (see tests/test_integrations_trl.py).
     sys.stdout.flush()
