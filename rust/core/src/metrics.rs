@@ -293,8 +293,23 @@ const SPLIT_BUCKET: usize = 1 << 16;
 /// Memory: n keys, n indices and n ranks, and a bucket's worth of scratch per thread.
 fn doubled_average_ranks(v: &[f64]) -> Vec<u64> {
     let n = v.len();
-
     let mut ranks = vec![0u64; n];
+    if n <= RANK_BY_SORT {
+        let mut pairs: Vec<(u64, u32)> = v.iter().map(|&a| order_key(a)).zip(0..).collect();
+        pairs.sort_unstable();
+        let (keys, order): (Vec<u64>, Vec<u32>) = pairs.into_iter().unzip();
+        write_ranks(&keys, &order, 0, &SharedMut::new(&mut ranks));
+        return ranks;
+    }
+    if n < SPLIT_BUCKET {
+        // Ranked whole like a bucket: a partition pass would only add work at this size.
+        let mut keys: Vec<u64> = v.iter().map(|&a| order_key(a)).collect();
+        let mut order: Vec<u32> = (0..n as u32).collect();
+        let (mut sk, mut so) = (vec![0; n], vec![0; n]);
+        let out = SharedMut::new(&mut ranks);
+        rank_bucket(&mut keys, &mut order, &mut sk, &mut so, 0, None, &out);
+        return ranks;
+    }
     let Some((split, mut counts)) = split::<RADIX_BUCKETS, _>(v, order_key, None, RADIX_BITS)
     else {
         ranks.fill(n as u64 + 1);
@@ -367,32 +382,22 @@ fn rank_bucket(
     out: &SharedMut<u64>,
 ) {
     let n = keys.len();
-    let write_ranks = |keys: &[u64], order: &[u32]| {
-        let mut pos = 0;
-        while pos < n {
-            let key = keys[pos];
-            let end = pos + keys[pos..].iter().take_while(|&&k| k == key).count();
-            // Ranks first + pos + 1 ..= first + end: twice their mean.
-            let doubled = (2 * first + pos + 1 + end) as u64;
-            for &i in &order[pos..end] {
-                // SAFETY: the indices are a permutation of 0..len(out) split among the buckets,
-                // so each is written once; `out` is read after every bucket is done.
-                unsafe { out.write(i as usize, doubled) };
-            }
-            pos = end;
-        }
-    };
+    if n <= RANK_LEAF {
+        insertion_sort(keys, order);
+        write_ranks(keys, order, first, out);
+        return;
+    }
     if n < SPLIT_BUCKET {
         if lsd_passes(keys, order, scratch_keys, scratch_order, 64 / RADIX_BITS) {
-            write_ranks(scratch_keys, scratch_order);
+            write_ranks(scratch_keys, scratch_order, first, out);
         } else {
-            write_ranks(keys, order);
+            write_ranks(keys, order, first, out);
         }
         return;
     }
     let Some((split, mut counts)) = split::<RADIX_BUCKETS, _>(keys, |k| k, range, RADIX_BITS)
     else {
-        write_ranks(keys, order);
+        write_ranks(keys, order, first, out);
         return;
     };
     let ends = counts.make_slots();
@@ -428,6 +433,44 @@ fn rank_bucket(
     }
 }
 
+/// Inputs of at most this many values are ranked by a comparison sort of (key, index) pairs, and
+/// buckets of at most `RANK_LEAF` keys by insertion: radix passes cost more than they save there.
+const RANK_BY_SORT: usize = 256;
+const RANK_LEAF: usize = 32;
+
+/// Sorts a few keys, carrying their indices along, by insertion.
+fn insertion_sort(keys: &mut [u64], order: &mut [u32]) {
+    for i in 1..keys.len() {
+        let (k, o) = (keys[i], order[i]);
+        let mut j = i;
+        while j > 0 && keys[j - 1] > k {
+            keys[j] = keys[j - 1];
+            order[j] = order[j - 1];
+            j -= 1;
+        }
+        keys[j] = k;
+        order[j] = o;
+    }
+}
+
+/// Writes to `out` the doubled ranks of the elements with sorted `keys` and indices `order`,
+/// which hold the sorted positions from `first` on, whole tie runs only.
+fn write_ranks(keys: &[u64], order: &[u32], first: usize, out: &SharedMut<u64>) {
+    let mut pos = 0;
+    while pos < keys.len() {
+        let key = keys[pos];
+        let end = pos + keys[pos..].iter().take_while(|&&k| k == key).count();
+        // Ranks first + pos + 1 ..= first + end: twice their mean.
+        let doubled = (2 * first + pos + 1 + end) as u64;
+        for &i in &order[pos..end] {
+            // SAFETY: the indices are a permutation of 0..len(out) split among the buckets, so
+            // each is written once; `out` is read after every bucket is done.
+            unsafe { out.write(i as usize, doubled) };
+        }
+        pos = end;
+    }
+}
+
 /// The LSD passes over the `digits` lowest digits, all counted in one read of the keys and each
 /// skipped when its digit is the same throughout; the buffers alternate between `keys` and
 /// `scratch_*`. True when the sorted data ended in `scratch_*`.
@@ -439,7 +482,8 @@ fn lsd_passes(
     digits: u32,
 ) -> bool {
     let n = keys.len();
-    let mut counts = vec![[0usize; RADIX_BUCKETS]; digits as usize];
+    let mut all_counts = [[0usize; RADIX_BUCKETS]; 64 / RADIX_BITS as usize];
+    let counts = &mut all_counts[..digits as usize];
     for &k in keys.iter() {
         for (pass, c) in counts.iter_mut().enumerate() {
             c[((k >> (pass as u32 * RADIX_BITS)) as usize) & (RADIX_BUCKETS - 1)] += 1;
@@ -1183,8 +1227,9 @@ mod tests {
         };
         for n in [
             2,
-            255,
-            257,
+            RANK_LEAF + 1,
+            RANK_BY_SORT,
+            RANK_BY_SORT + 1,
             PARALLEL_BUCKETS - 1,
             PARALLEL_BUCKETS + 1,
             SPLIT_BUCKET - 1,
