@@ -136,9 +136,17 @@ impl<V: Vf64> Powers<V> {
 }
 
 /// The coefficients of one range, splatted.
+///
+/// A loop, not `std::array::from_fn`: `from_fn` is not always inlined, and compiled on its own it
+/// lacks the caller's target features, so every lane intrinsic in it becomes a function call
+/// (measured: the rank reward ~100x slower on AVX2).
 #[inline(always)]
 fn splat9<V: Vf64>(t: V::Token, c: &[f64; 9]) -> [V; 9] {
-    std::array::from_fn(|i| V::splat(t, c[i]))
+    let mut out = [V::splat(t, 0.0); 9];
+    for (o, &v) in out.iter_mut().zip(c) {
+        *o = V::splat(t, v);
+    }
+    out
 }
 
 /// 1.5·2⁵²: adding and subtracting it rounds a double of magnitude < 2⁵¹ to the nearest integer
@@ -218,9 +226,16 @@ static NUM_BY_POWER: [[f64; 8]; 9] = by_power(&NUM);
 static DEN_BY_POWER: [[f64; 8]; 9] = by_power(&DEN);
 
 /// The coefficients of each lane's range.
+///
+/// A loop, not `std::array::from_fn`, for the reason given at `splat9`.
 #[inline(always)]
 fn pick9<V: Vf64>(table: &[[f64; 8]; 9], cases: V::Cases) -> [V; 9] {
-    std::array::from_fn(|i| V::pick(cases, &table[i]))
+    let first = V::pick(cases, &table[0]);
+    let mut out = [first; 9];
+    for (o, row) in out.iter_mut().zip(table).skip(1) {
+        *o = V::pick(cases, row);
+    }
+    out
 }
 
 /// Φ(x) and Φ(-x) for each lane, computed together: both come from the small tail Φ(-|x|), so
