@@ -121,20 +121,21 @@ def test_rehearsal_rows_are_complete_and_figures_belong_to_ok_rows_only(rehearsa
 
 @pytest.mark.timeout(600)
 def test_a_step_cut_by_its_timeout_or_killed_keeps_the_rows_written_before(tmp_path):
-    # bench-loss hangs after its 2nd row until its 30 s limit; bench-rollout dies (SIGKILL) after its 2nd
+    # bench-loss hangs after its 1st row (a quick one: a slow host still writes it well inside the
+    # 30 s limit) until that limit; bench-rollout dies (SIGKILL) after its 2nd
     proc = run_script(
         tmp_path,
         "--only",
         "bench-loss,bench-rollout",
         env_extra={
-            "AESR1_ROWS_FAULT": "loss:hang:2,rollout:kill:2",
+            "AESR1_ROWS_FAULT": "loss:hang:1,rollout:kill:2",
             "BUDGET_BENCH_LOSS": "30",
             "BUDGET_BENCH_ROLLOUT": "200",
         },
     )
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = read_rows(tmp_path)
-    assert [row["bench"] for row in rows] == ["loss", "loss", "rollout", "rollout"], rows
+    assert [row["bench"] for row in rows] == ["loss", "rollout", "rollout"], rows
     lines = summary_lines(tmp_path)
     loss = next(line for line in lines if line.split()[1:2] == ["bench-loss"])
     rollout = next(line for line in lines if line.split()[1:2] == ["bench-rollout"])
