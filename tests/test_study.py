@@ -216,7 +216,10 @@ def test_smoke_study_killed_after_its_first_run_resumes_without_redoing_it(tmp_p
     first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
     while time.time() < deadline and first.poll() is None:
-        if any(p.is_file() for p in (out / "runs").glob("cold-*/STUDY_DONE.json")):
+        # The study's "done" event follows the stage's STUDY_DONE.json marker: wait for the event,
+        # so the kill lands after the first stage has finished in both records.
+        log = out / "study_log.jsonl"
+        if log.is_file() and '"event": "done"' in log.read_text():
             first.send_signal(signal.SIGKILL)
             break
         time.sleep(0.05)
