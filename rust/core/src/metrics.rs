@@ -318,22 +318,15 @@ fn doubled_average_ranks(v: &[f64]) -> Vec<u64> {
     let ends = counts.make_slots();
     let mut keys = vec![0u64; n];
     let mut order = vec![0u32; n];
-    let (to_keys, to_order) = (SharedMut::new(&mut keys), SharedMut::new(&mut order));
-    counts.scatter(v, |start, values, slots| {
-        for (&a, i) in values.iter().zip(start as u32..) {
-            let k = order_key(a);
-            let d = split.bucket::<RADIX_BUCKETS>(k);
-            let slot = slots[d];
-            slots[d] += 1;
-            // SAFETY: as in `sort_by_x`: the slots of one piece and bucket are disjoint from
-            // every other's and below n, and the buffers are not read until `scatter` returns.
-            unsafe {
-                to_keys.write(slot, k);
-                to_order.write(slot, i);
-            }
-        }
-        0
-    });
+    scatter_keys(
+        &mut counts,
+        &split,
+        v,
+        order_key,
+        |i| i as u32,
+        &mut keys,
+        &mut order,
+    );
     let out = SharedMut::new(&mut ranks);
     let tasks = buckets(&mut keys, &ends)
         .into_iter()
@@ -361,6 +354,36 @@ fn doubled_average_ranks(v: &[f64]) -> Vec<u64> {
         tasks.for_each(|task| rank(&mut scratch, task));
     }
     ranks
+}
+
+/// The radix pass of `doubled_average_ranks` and `rank_bucket`: writes the key `key(item)` and the
+/// index `index(p)` of each item (at position p of `items`) to `keys` and `order`, in the bucket
+/// order of `split` whose slots `counts.make_slots()` has made.
+fn scatter_keys<T: Copy + Sync>(
+    counts: &mut BucketCounts<RADIX_BUCKETS>,
+    split: &Split,
+    items: &[T],
+    key: impl Fn(T) -> u64 + Sync,
+    index: impl Fn(usize) -> u32 + Sync,
+    keys: &mut [u64],
+    order: &mut [u32],
+) {
+    let (to_keys, to_order) = (SharedMut::new(keys), SharedMut::new(order));
+    counts.scatter(items, |start, items, slots| {
+        for (&item, p) in items.iter().zip(start..) {
+            let k = key(item);
+            let d = split.bucket::<RADIX_BUCKETS>(k);
+            let slot = slots[d];
+            slots[d] += 1;
+            // SAFETY: as in `sort_by_x`: the slots of one piece and bucket are disjoint from
+            // every other's and below n, and the buffers are not read until `scatter` returns.
+            unsafe {
+                to_keys.write(slot, k);
+                to_order.write(slot, index(p));
+            }
+        }
+        0
+    });
 }
 
 /// A bucket of `doubled_average_ranks`: its index, first sorted position, keys and indices.
@@ -401,21 +424,16 @@ fn rank_bucket(
         return;
     };
     let ends = counts.make_slots();
-    let (to_keys, to_order) = (SharedMut::new(scratch_keys), SharedMut::new(scratch_order));
-    counts.scatter(keys, |start, ks, slots| {
-        for (&k, &i) in ks.iter().zip(&order[start..]) {
-            let d = split.bucket::<RADIX_BUCKETS>(k);
-            let slot = slots[d];
-            slots[d] += 1;
-            // SAFETY: as in `sort_by_x`: the slots of one piece and bucket are disjoint from
-            // every other's and below n, and the buffers are not read until `scatter` returns.
-            unsafe {
-                to_keys.write(slot, k);
-                to_order.write(slot, i);
-            }
-        }
-        0
-    });
+    let index = |p: usize| order[p];
+    scatter_keys(
+        &mut counts,
+        &split,
+        keys,
+        |k| k,
+        index,
+        scratch_keys,
+        scratch_order,
+    );
     let tasks = buckets(scratch_keys, &ends)
         .into_iter()
         .zip(buckets(scratch_order, &ends))
