@@ -14,9 +14,11 @@ Prints, from one run:
   over torch scalar operations, at N = 128, K = 4;
 * `aesr1.metrics.srcc` / `krcc` against `scipy.stats.spearmanr` / `kendalltau` at n = 10^6;
 * srcc / krcc at n = 10^6 in child processes with 1 and with 2 native threads
-  (`RAYON_NUM_THREADS`), SciPy timed alongside, as the host is and on a busy host (a spinning
-  process pinned to one core), with the spread of the per-round 1-thread / 2-thread ratios
-  (`--threads-only` runs just these rows, `--busy-only` just the busy host's).
+  (`RAYON_NUM_THREADS`), SciPy timed alongside, as the host is, on a busy host (a spinning
+  process pinned to one core) and on a saturated one (a spinning job, in a session of its own, on
+  every core; once more with AESR1_ADAPTIVE_THREADS=0, i.e. 2 threads regardless), with the spread
+  of the per-round 1-thread / 2-thread ratios (`--threads-only` runs just these rows,
+  `--busy-only` all but the idle host's).
 
 Times are the best of several repeats, taken alternately for aesr1 and its baseline so both see
 the same background load (the machine may be shared; the best run is the least disturbed one);
@@ -142,20 +144,35 @@ def thread_worker(repeats: int) -> None:
     print(json.dumps(out))
 
 
-def spin() -> None:
-    # Pinned so that exactly one core is taken, whichever core the timed threads land on.
+def spin(cpu: int, own_session: bool) -> None:
+    # Pinned so that exactly the chosen cores are taken, whichever core the timed threads land on.
+    # In a session of its own the spinner is another job to the scheduler (a Linux autogroup, as a
+    # container or a service would be a cgroup), which shares CPU time per group, not per thread.
+    if own_session and hasattr(os, "setsid"):
+        os.setsid()
     if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+        os.sched_setaffinity(0, {cpu})
     while True:
         pass
 
 
-def thread_rows(rounds: int, repeats: int, busy: bool) -> tuple[list[tuple[str, float, float]], list[str]]:
+LOADS = {
+    "idle": "this host",
+    "one-core": "busy host (one core taken)",
+    "every-core": "saturated host (every core taken by another job)",
+}
+
+
+def thread_rows(
+    rounds: int, repeats: int, load: str, adaptive: bool = True
+) -> tuple[list[tuple[str, float, float]], list[str]]:
     """srcc / krcc at n = 10^6 with 1 and 2 native threads (the pool size is fixed per process, so
-    each runs in a fresh process), and SciPy in this one; with `busy`, while a spinning process
-    holds one core. Each round runs both thread counts, in alternating order, and SciPy, so that
-    background load hits all alike. Returns rows of median times and, per metric, the spread of
-    the per-round ratios (1-thread median / 2-thread median: above 1, 2 threads were faster)."""
+    each runs in a fresh process), and SciPy in this one, under `load` (a key of `LOADS`): an idle
+    host, a spinning process pinned to one core, or one spinning job on every core. `adaptive=False`
+    sets AESR1_ADAPTIVE_THREADS=0 (2 threads even when the host has no core to spare). Each round
+    runs both thread counts, in alternating order, and SciPy, so that background load hits all
+    alike. Returns rows of median times and, per metric, the spread of the per-round ratios
+    (1-thread median / 2-thread median: above 1, 2 threads were faster)."""
     import json
     import multiprocessing
     import subprocess
@@ -163,11 +180,19 @@ def thread_rows(rounds: int, repeats: int, busy: bool) -> tuple[list[tuple[str, 
     from scipy import stats
 
     x, y = metric_inputs()
-    spinner = None
-    if busy:
-        spinner = multiprocessing.get_context("spawn").Process(target=spin, daemon=True)
+    cpus = (
+        sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count()))
+    )
+    taken = {"idle": [], "one-core": cpus[:1], "every-core": cpus}[load]
+    spinners = [
+        multiprocessing.get_context("spawn").Process(
+            target=spin, args=(cpu, load == "every-core"), daemon=True
+        )
+        for cpu in taken
+    ]
+    for spinner in spinners:
         spinner.start()
-        time.sleep(0.2)
+    time.sleep(0.2 if spinners else 0)
     times = {(t, m): [] for t in (1, 2) for m in ("srcc", "krcc")}
     ratios = {"srcc": [], "krcc": []}
     scipy_times = {"srcc": [], "krcc": []}
@@ -175,7 +200,9 @@ def thread_rows(rounds: int, repeats: int, busy: bool) -> tuple[list[tuple[str, 
         for r in range(rounds):
             medians = {}
             for threads in (1, 2) if r % 2 == 0 else (2, 1):
-                env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
+                env = dict(
+                    os.environ, RAYON_NUM_THREADS=str(threads), AESR1_ADAPTIVE_THREADS=str(int(adaptive))
+                )
                 cmd = [sys.executable, __file__, "--thread-worker", "--repeats", str(repeats)]
                 got = json.loads(
                     subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
@@ -189,10 +216,10 @@ def thread_rows(rounds: int, repeats: int, busy: bool) -> tuple[list[tuple[str, 
             scipy_times["srcc"].append(best_of(lambda: stats.spearmanr(x, y), 1))
             scipy_times["krcc"].append(best_of(lambda: stats.kendalltau(x, y), 1))
     finally:
-        if spinner is not None:
+        for spinner in spinners:
             spinner.terminate()
             spinner.join()
-    host = "busy host" if busy else "this host"
+    host = LOADS[load] + ("" if adaptive else ", AESR1_ADAPTIVE_THREADS=0")
     rows, spreads = [], []
     for m, scipy_name in (("srcc", "spearmanr"), ("krcc", "kendalltau")):
         scipy_median = float(np.median(scipy_times[m]))
@@ -240,11 +267,13 @@ def main() -> None:
         print(f"load average at start (1, 5, 15 min): {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     rows = []
     rounds = args.rounds or (3 if args.quick else 8)
+    thread_loads = [("idle", True), ("one-core", True), ("every-core", True), ("every-core", False)]
     if args.busy_only or args.threads_only:
-        rows, notes = thread_rows(rounds, 3, busy=True)
-        if args.threads_only:
-            quiet_rows, quiet_notes = thread_rows(rounds, 3, busy=False)
-            rows, notes = quiet_rows + rows, quiet_notes + notes
+        rows, notes = [], []
+        for load, adaptive in thread_loads[0 if args.threads_only else 1 :]:
+            more_rows, more_notes = thread_rows(rounds, 3, load, adaptive)
+            rows.extend(more_rows)
+            notes.extend(more_notes)
         print_rows(rows, notes)
         return
 
@@ -289,8 +318,8 @@ def main() -> None:
         ours, theirs = compare(lambda f=ours_fn: f(x, y), lambda f=scipy_fn: f(x, y), metric_repeats, 0.0)
         rows.append((name, ours, theirs))
     notes = []
-    for busy in (False, True):
-        more_rows, more_notes = thread_rows(rounds, 3, busy)
+    for load, adaptive in thread_loads:
+        more_rows, more_notes = thread_rows(rounds, 3, load, adaptive)
         rows.extend(more_rows)
         notes.extend(more_notes)
     print_rows(rows, notes)

@@ -67,3 +67,6 @@ def evaluate(pred: F64, gt: F64, omit: bool) -> tuple[float, float, float, int]:
 
 def num_threads() -> int:
     """Threads of the native pool (set RAYON_NUM_THREADS before first use to change)."""
+
+def host_saturated() -> bool:
+    """Whether other threads fill every CPU, so large inputs run on one thread (re-read every 50 ms)."""

@@ -8,6 +8,7 @@
 //! * Score parsing of `<answer>…</answer>` completions: [`parse`].
 //! * Evaluation metrics PLCC, SRCC and Kendall's tau-b: [`metrics`].
 //! * The normal distribution function Φ used by the rank reward: [`normal`].
+//! * Whether the host has a core to spare, for callers that choose a thread pool: [`host`].
 //!
 //! Results are bit-identical for any number of threads. All input errors are [`Error`] values
 //! naming the offending argument; nothing panics on bad input.
@@ -17,6 +18,7 @@
 
 pub mod error;
 pub mod groups;
+pub mod host;
 pub mod metrics;
 pub mod normal;
 pub mod parse;

@@ -228,7 +228,10 @@ fn rapo<'py>(
         threshold,
         ties: parse_ties(ties)?,
     };
-    let out = detached(py, || core::rapo(pred, gt, &groups, &config, format)).map_err(CoreError)?;
+    let out = detached_parallel(py, pred.len(), || {
+        core::rapo(pred, gt, &groups, &config, format)
+    })
+    .map_err(CoreError)?;
     let mut packed = Vec::with_capacity(6 * out.total.len());
     for part in [
         &out.total,
@@ -258,7 +261,7 @@ fn rank_reward<'py>(
     let (pred, gt) = (slice("pred", &pred)?, slice("gt", &gt)?);
     let groups = groups(pred.len(), group_size, group_ids.as_ref())?;
     let ties = parse_ties(ties)?;
-    let out: CoreResult<_> = detached(py, || {
+    let out: CoreResult<_> = detached_parallel(py, pred.len(), || {
         Ok(core::rank_reward(pred, gt, &groups, gamma, ties)?)
     });
     Ok(vec_to_py(py, out?))
@@ -344,7 +347,10 @@ macro_rules! metric {
             omit: bool,
         ) -> PyResult<f64> {
             let (pred, gt) = (slice("pred", &pred)?, slice("gt", &gt)?);
-            Ok(detached(py, || core::$name(pred, gt, policy(omit))).map_err(CoreError)?)
+            Ok(
+                detached_parallel(py, pred.len(), || core::$name(pred, gt, policy(omit)))
+                    .map_err(CoreError)?,
+            )
         }
     };
 }
@@ -368,7 +374,8 @@ fn evaluate<'py>(
     omit: bool,
 ) -> PyResult<(f64, f64, f64, usize)> {
     let (pred, gt) = (slice("pred", &pred)?, slice("gt", &gt)?);
-    let c = detached(py, || core::evaluate(pred, gt, policy(omit))).map_err(CoreError)?;
+    let c = detached_parallel(py, pred.len(), || core::evaluate(pred, gt, policy(omit)))
+        .map_err(CoreError)?;
     Ok((c.plcc, c.srcc, c.krcc, c.n))
 }
 
@@ -378,10 +385,46 @@ fn num_threads(py: Python<'_>) -> usize {
     detached(py, rayon::current_num_threads)
 }
 
+/// Whether every core of the host is busy with other threads, so that large inputs run on one
+/// thread unless `AESR1_ADAPTIVE_THREADS=0` (`aesr1_core::host`; re-read at most every 50 ms).
+#[pyfunction]
+fn host_saturated(py: Python<'_>) -> bool {
+    py.detach(core::host::saturated)
+}
+
 /// Process that imported the module: its work runs on rayon's global pool.
 static MODULE_PID: OnceLock<u32> = OnceLock::new();
 /// A forked child's own pool, with the pid it belongs to.
 static CHILD_POOL: Mutex<Option<(u32, Arc<rayon::ThreadPool>)>> = Mutex::new(None);
+/// A one-thread pool for calls on a saturated host, with the pid it belongs to.
+static SERIAL_POOL: Mutex<Option<(u32, Arc<rayon::ThreadPool>)>> = Mutex::new(None);
+
+/// Inputs at least this long run serially when the host has no core to spare: shorter ones do not
+/// go parallel in the core anyway.
+const GUARDED_FROM: usize = 1 << 14;
+
+/// `slot`'s pool if this process built it, else a new one of `threads` threads (0: rayon's
+/// default) that replaces it.
+fn process_pool(
+    slot: &Mutex<Option<(u32, Arc<rayon::ThreadPool>)>>,
+    threads: usize,
+) -> Arc<rayon::ThreadPool> {
+    let pid = std::process::id();
+    let mut slot = slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    match slot.as_ref() {
+        Some((owner, pool)) if *owner == pid => Arc::clone(pool),
+        _ => {
+            let pool = Arc::new(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .expect("a thread pool for this process"),
+            );
+            *slot = Some((pid, Arc::clone(&pool)));
+            pool
+        }
+    }
+}
 
 /// Runs `f` detached from the interpreter, on a thread pool that exists in this process.
 ///
@@ -390,28 +433,29 @@ static CHILD_POOL: Mutex<Option<(u32, Arc<rayon::ThreadPool>)>> = Mutex::new(Non
 /// child therefore gets a pool of its own, built on first use (like tokenizers, which detects
 /// forks for the same reason).
 fn detached<T: Send>(py: Python<'_>, f: impl FnOnce() -> T + Send) -> T {
-    let pid = std::process::id();
-    if MODULE_PID.get() == Some(&pid) {
+    if MODULE_PID.get() == Some(&std::process::id()) {
         return py.detach(f);
     }
-    let pool = {
-        let mut slot = CHILD_POOL
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        match slot.as_ref() {
-            Some((owner, pool)) if *owner == pid => Arc::clone(pool),
-            _ => {
-                let pool = Arc::new(
-                    rayon::ThreadPoolBuilder::new()
-                        .build()
-                        .expect("a thread pool for this process"),
-                );
-                *slot = Some((pid, Arc::clone(&pool)));
-                pool
-            }
-        }
-    };
+    let pool = process_pool(&CHILD_POOL, 0);
     py.detach(|| pool.install(f))
+}
+
+/// [`detached`] for work on `len` items that the core may split over threads: on one thread when
+/// the host has no core to spare (`aesr1_core::host`), since more threads then only split the
+/// same CPU time and add their coordination. The result is the same either way.
+/// `AESR1_ADAPTIVE_THREADS=0` turns that off: for hosts whose scheduler shares CPU time per thread
+/// rather than per process group, where more threads do win a larger share.
+fn detached_parallel<T: Send>(py: Python<'_>, len: usize, f: impl FnOnce() -> T + Send) -> T {
+    static ADAPTIVE: OnceLock<bool> = OnceLock::new();
+    if len >= GUARDED_FROM
+        && *ADAPTIVE.get_or_init(|| std::env::var("AESR1_ADAPTIVE_THREADS").as_deref() != Ok("0"))
+        && detached(py, rayon::current_num_threads) > 1
+        && py.detach(core::host::saturated)
+    {
+        let pool = process_pool(&SERIAL_POOL, 1);
+        return py.detach(|| pool.install(f));
+    }
+    detached(py, f)
 }
 
 #[pymodule]
@@ -433,5 +477,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(krcc, m)?)?;
     m.add_function(wrap_pyfunction!(evaluate, m)?)?;
     m.add_function(wrap_pyfunction!(num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(host_saturated, m)?)?;
     Ok(())
 }
