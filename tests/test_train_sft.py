@@ -141,3 +141,8 @@ def test_cold_start_file_checks(tmp_path):
     bad.write_text(json.dumps({"image": "x.png", "prompt": SCORING_PROMPT}) + "\n")
     with pytest.raises(ValueError, match="completion"):
         read_cold_start(bad)
+    record = json.dumps({"image": "x.png", "prompt": SCORING_PROMPT, "completion": "<answer>0.5</answer>"})
+    for broken, problem in ((record[:-4], "line 2 is not JSON"), ("[1, 2]", "line 2 is a JSON list")):
+        bad.write_text(record + "\n" + broken + "\n")
+        with pytest.raises(ValueError, match=problem):
+            read_cold_start(bad)

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from aesr1.jsonio import jsonl_objects
 from aesr1.prompts import SCORING_PROMPT
 from aesr1.train.config import TrainConfig
 from aesr1.train.tracking import MetricsLogger
@@ -36,15 +37,11 @@ def read_cold_start(path: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise FileNotFoundError(f"cold-start data {str(path)!r} does not exist (data.cold_start)")
     rows = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            record = json.loads(line)
-            missing = {"image", "prompt", "completion"} - set(record)
-            if missing:
-                raise ValueError(f"{path}:{number}: cold-start record lacks {sorted(missing)}")
-            rows.append(record)
+    for number, record in jsonl_objects(path):
+        missing = {"image", "prompt", "completion"} - set(record)
+        if missing:
+            raise ValueError(f"{path}:{number}: cold-start record lacks {sorted(missing)}")
+        rows.append(record)
     if not rows:
         raise ValueError(f"cold-start data {str(path)!r} is empty")
     return rows
