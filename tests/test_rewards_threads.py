@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -84,8 +85,6 @@ def test_saturated_host_runs_serially_with_the_same_results():
     for spinner in spinners:
         spinner.start()
     try:
-        import time
-
         time.sleep(0.5)
         three, not_adaptive = run(3, adaptive=True), run(3)
     finally:

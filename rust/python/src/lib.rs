@@ -381,8 +381,8 @@ fn evaluate<'py>(
 
 /// Number of threads rayon uses (set `RAYON_NUM_THREADS` before the first call to change it).
 #[pyfunction]
-fn num_threads(py: Python<'_>) -> usize {
-    detached(py, rayon::current_num_threads)
+fn num_threads() -> usize {
+    pool_threads()
 }
 
 /// Whether every core of the host is busy with other threads, so that large inputs run on one
@@ -399,8 +399,8 @@ static CHILD_POOL: Mutex<Option<(u32, Arc<rayon::ThreadPool>)>> = Mutex::new(Non
 /// A one-thread pool for calls on a saturated host, with the pid it belongs to.
 static SERIAL_POOL: Mutex<Option<(u32, Arc<rayon::ThreadPool>)>> = Mutex::new(None);
 
-/// Inputs at least this long run serially when the host has no core to spare: shorter ones do not
-/// go parallel in the core anyway.
+/// Inputs at least this long run serially when the host has no core to spare. Shorter calls take
+/// well under a millisecond, too little for their thread count to matter, and skip the check.
 const GUARDED_FROM: usize = 1 << 14;
 
 /// `slot`'s pool if this process built it, else a new one of `threads` threads (0: rayon's
@@ -440,6 +440,15 @@ fn detached<T: Send>(py: Python<'_>, f: impl FnOnce() -> T + Send) -> T {
     py.detach(|| pool.install(f))
 }
 
+/// Threads of the pool that [`detached`] runs on.
+fn pool_threads() -> usize {
+    if MODULE_PID.get() == Some(&std::process::id()) {
+        rayon::current_num_threads()
+    } else {
+        process_pool(&CHILD_POOL, 0).current_num_threads()
+    }
+}
+
 /// [`detached`] for work on `len` items that the core may split over threads: on one thread when
 /// the host has no core to spare (`aesr1_core::host`), since more threads then only split the
 /// same CPU time and add their coordination. The result is the same either way.
@@ -449,7 +458,7 @@ fn detached_parallel<T: Send>(py: Python<'_>, len: usize, f: impl FnOnce() -> T 
     static ADAPTIVE: OnceLock<bool> = OnceLock::new();
     if len >= GUARDED_FROM
         && *ADAPTIVE.get_or_init(|| std::env::var("AESR1_ADAPTIVE_THREADS").as_deref() != Ok("0"))
-        && detached(py, rayon::current_num_threads) > 1
+        && pool_threads() > 1
         && py.detach(core::host::saturated)
     {
         let pool = process_pool(&SERIAL_POOL, 1);
