@@ -76,11 +76,15 @@ fn own_runnable() -> Option<usize> {
 
 fn read_saturated() -> Option<bool> {
     let cpus = online_cpus()?;
-    // Own threads first: a thread of ours that stops running between the two reads is then
-    // missing from the total too, rather than counted as someone else's.
+    let runnable = || runnable_in_loadavg(&std::fs::read_to_string("/proc/loadavg").ok()?);
+    // Fewer runnable threads than CPUs in all (a quiet host): no need to list our own.
+    if runnable()? < cpus {
+        return Some(false);
+    }
+    // Own threads before the total: a thread of ours that stops running between the two reads is
+    // then missing from the total too, rather than counted as someone else's.
     let own = own_runnable()?;
-    let runnable = runnable_in_loadavg(&std::fs::read_to_string("/proc/loadavg").ok()?)?;
-    Some(is_saturated(runnable, own, cpus))
+    Some(is_saturated(runnable()?, own, cpus))
 }
 
 /// Whether every core of the host is busy with other threads (see the module documentation);
