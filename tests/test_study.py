@@ -195,10 +195,40 @@ def test_a_study_directory_is_continued_only_with_resume(tmp_path, capsys):
         check_study_dir(tmp_path / "study", resume=True, overwrite=True, report_only=False)
     assert main(["table2", "--seeds", "0", "--output-dir", str(tmp_path / "x")]) == 2
     assert "--seeds must be >= 1" in capsys.readouterr().err
+    assert main(["table2", "--jobs", "0", "--output-dir", str(tmp_path / "x")]) == 2
+    assert "--jobs must be >= 1" in capsys.readouterr().err
+
+
+def test_busy_seconds_count_side_by_side_runs_once_and_skip_the_gap_before_a_resume(tmp_path):
+    from aesr1.train.study.report import busy_seconds
+
+    events = [
+        {"event": "start", "stage": "a", "time": 100.0},
+        {"event": "start", "stage": "b", "time": 102.0},
+        {"event": "done", "stage": "a", "time": 110.0},
+        {"event": "start", "stage": "c", "time": 111.0},  # killed: no "done", run again below
+        {"event": "done", "stage": "b", "time": 115.0},
+        {"event": "start", "stage": "c", "time": 200.0},
+        {"event": "done", "stage": "c", "time": 230.0},
+        {"event": "start", "stage": "other", "time": 300.0},
+        {"event": "done", "stage": "other", "time": 400.0},
+    ]
+    log = tmp_path / "study_log.jsonl"
+    log.write_text("".join(json.dumps(e) + "\n" for e in events) + '{"event": "sta')
+    # a and b overlap: 100..115; c's finished run: 200..230; "other" is not asked for.
+    assert busy_seconds(log, {"a", "b", "c"}) == pytest.approx(15.0 + 30.0)
+    assert busy_seconds(tmp_path / "missing.jsonl", {"a"}) == 0.0
 
 
 def _events(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "study_log.jsonl").read_text().splitlines()]
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
 
 
 def test_smoke_study_killed_after_its_first_run_resumes_without_redoing_it(tmp_path):
@@ -228,12 +258,38 @@ def test_smoke_study_killed_after_its_first_run_resumes_without_redoing_it(tmp_p
     assert [e["event"] for e in _events(out)][:2] == ["start", "done"]
     cold_key = _events(out)[0]["stage"]
 
-    resumed = subprocess.run([*command, "--resume"], env=env, capture_output=True, text=True, timeout=300)
+    # Resumed with two jobs, both RAPO runs start side by side in worker processes; killing the
+    # study kills its workers too, so the next --resume cannot meet a stage still running.
+    parallel = [*command, "--resume", "--jobs", "2"]
+    before = len(_events(out))
+    second = subprocess.Popen(parallel, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline, workers = time.time() + 300, []
+    while time.time() < deadline and second.poll() is None:
+        workers = [e["pid"] for e in _events(out)[before:] if e["event"] == "start"]
+        if len(workers) == 2:
+            second.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    output = second.communicate(timeout=60)[0]
+    assert second.returncode == -signal.SIGKILL and len(workers) == 2, output[-3000:]
+    assert second.pid not in workers and len(set(workers)) == 2, "each stage runs in its own worker"
+    deadline = time.time() + 5  # a worker left running would still be importing or training
+    while time.time() < deadline and any(Path(f"/proc/{pid}").exists() and
+                                         "Z" not in _proc_state(pid) for pid in workers):  # fmt: skip
+        time.sleep(0.1)
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists() and "Z" not in _proc_state(pid)]
+
+    resumed = subprocess.run(parallel, env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     events = _events(out)
     assert [e["stage"] for e in events if e["event"] == "start"].count(cold_key) == 1
     done = [e["stage"] for e in events if e["event"] == "done"]
     assert sorted(done) == sorted(set(done)) and len(done) == 3
+    rapo_starts = [e for e in events if e["event"] == "start" and e["stage"] != cold_key][-2:]
+    first_rapo_done = min(e["time"] for e in events if e["event"] == "done" and e["stage"] != cold_key)
+    assert len({e["stage"] for e in rapo_starts}) == 2 and all(
+        e["time"] < first_rapo_done for e in rapo_starts
+    )
     # Both RAPO runs start from the one cold start: its weights are hard links, not copies.
     cold_model = out / "runs" / cold_key / "sft" / "final" / "model.safetensors"
     rapo_dirs = sorted((out / "runs").glob("rapo-*"))

@@ -158,6 +158,33 @@ def stage_times(plan: Plan) -> dict[str, dict[str, float]]:
     return out
 
 
+def busy_seconds(study_log: Path, keys: set[str]) -> float:
+    """Seconds during which at least one of the stages `keys` was running, from `study_log.jsonl`
+    (the union of each finished stage's start-to-done span, so runs side by side count once and the
+    time between a kill and its `--resume` not at all)."""
+    if not study_log.is_file():
+        return 0.0
+    started: dict[str, float] = {}
+    spans = []
+    for line in study_log.read_text(encoding="utf-8").splitlines():
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:  # a line a kill cut short
+            continue
+        if not isinstance(event, dict) or event.get("stage") not in keys:
+            continue
+        if event.get("event") == "start":
+            started[event["stage"]] = event["time"]
+        elif event.get("event") == "done" and event["stage"] in started:
+            spans.append((started.pop(event["stage"]), event["time"]))
+    total, reach = 0.0, float("-inf")
+    for begin, end in sorted(spans):
+        if end > reach:
+            total += end - max(begin, reach)
+            reach = end
+    return total
+
+
 def write_report(
     plan: Plan, grids: list[Grid], seeds: list[int], report_dir: str | Path, *, plots: bool = True
 ) -> dict[str, Any]:
@@ -167,6 +194,7 @@ def write_report(
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
     times = stage_times(plan)
+    study_log = plan.stages[0].directory.parent.parent / "study_log.jsonl" if plan.stages else Path()
     unfinished = {"seconds": None, "cpu_seconds": None}
     out: dict[str, Any] = {
         "seeds": seeds,
@@ -181,7 +209,8 @@ def write_report(
         },
         "runs_finished": len(times),
         "runs_planned": len(plan.stages),
-        "wall_seconds": round(sum(t["seconds"] for t in times.values()), 1),
+        "stage_seconds": round(sum(t["seconds"] for t in times.values()), 1),
+        "wall_seconds": round(busy_seconds(study_log, set(times)), 1) if plan.stages else 0.0,
         "written": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "grids": {},
     }

@@ -1,4 +1,11 @@
-"""Runs a study's stages in one process, each through `aesr1.train.pipeline.run_pipeline`.
+"""Runs a study's stages, each through `aesr1.train.pipeline.run_pipeline`: in this process one after
+another, or (`jobs` > 1) up to `jobs` at once, each in its own worker process
+(`aesr1.train.study.worker`) with the host's CPUs split between them.
+
+Small models on CPU use a second core poorly (one 2-thread run spends much of its time in
+synchronisation), so on a 2-core host two 1-thread runs finish more work per hour than one 2-thread
+run. The results do not depend on it: a stage's numbers are the same at any thread count up to
+float summation order, and each stage still runs alone in its process.
 
 A stage is run with `resume=True`, so a stage a kill interrupted continues from its last
 checkpoint (the pipeline's own resume), and a stage whose `STUDY_DONE.json` exists is skipped. A
@@ -14,7 +21,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 import shutil
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -141,10 +151,32 @@ def _log_event(study_dir: Path, **event) -> None:
         os.fsync(handle.fileno())
 
 
-def run_plan(plan: Plan, study_dir: str | Path, *, expected: bool = False, progress: bool = True) -> None:
-    """Run every unfinished stage of `plan` in order, with a progress bar over stages."""
+def finish_stage(stage: Stage, study_dir: Path, *, expected: bool = False) -> None:
+    """Run one stage, then mark it done: its `STUDY_DONE.json` (what resume trusts), then the
+    "done" event of `study_log.jsonl`."""
+    _log_event(study_dir, event="start", stage=stage.key, label=stage.label(), pid=os.getpid())
+    seconds, cpu_seconds = run_stage(stage, expected=expected)
+    marker = {"seconds": round(seconds, 1), "cpu_seconds": round(cpu_seconds, 1), "kind": stage.kind,
+              "label": stage.label(), "uses": [list(use) for use in stage.uses]}  # fmt: skip
+    atomic_write_text(stage.directory / DONE, dumps(marker, indent=1))
+    _log_event(study_dir, event="done", stage=stage.key, seconds=round(seconds, 1),
+               cpu_seconds=round(cpu_seconds, 1))  # fmt: skip
+
+
+def threads_per_job(jobs: int) -> int:
+    """The CPUs this process may use, shared out between `jobs` workers (at least one each)."""
+    return max(1, len(os.sched_getaffinity(0)) // jobs)
+
+
+def run_plan(
+    plan: Plan, study_dir: str | Path, *, expected: bool = False, progress: bool = True, jobs: int = 1
+) -> None:
+    """Run every unfinished stage of `plan`, with a progress bar over stages: in plan order in this
+    process (`jobs` 1), or up to `jobs` at a time in worker processes (`run_parallel`)."""
     from tqdm.auto import tqdm
 
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
     study_dir = Path(study_dir)
     todo = [s for s in plan.stages if not s.done]
     if expected:  # stages finished by a study run without expected-mode scoring
@@ -158,15 +190,68 @@ def run_plan(plan: Plan, study_dir: str | Path, *, expected: bool = False, progr
         mininterval=0.2 if sys.__stderr__.isatty() else 30,
     )  # fmt: skip
     try:
-        for stage in todo:
-            bar.set_postfix_str(stage.label())
-            _log_event(study_dir, event="start", stage=stage.key, label=stage.label())
-            seconds, cpu_seconds = run_stage(stage, expected=expected)
-            marker = {"seconds": round(seconds, 1), "cpu_seconds": round(cpu_seconds, 1), "kind": stage.kind,
-                      "label": stage.label(), "uses": [list(use) for use in stage.uses]}  # fmt: skip
-            atomic_write_text(stage.directory / DONE, dumps(marker, indent=1))
-            _log_event(study_dir, event="done", stage=stage.key, seconds=round(seconds, 1),
-                       cpu_seconds=round(cpu_seconds, 1))  # fmt: skip
-            bar.update(1)
+        if jobs == 1:
+            for stage in todo:
+                bar.set_postfix_str(stage.label())
+                finish_stage(stage, study_dir, expected=expected)
+                bar.update(1)
+        else:
+            run_parallel(todo, study_dir, expected=expected, jobs=jobs, bar=bar)
     finally:
         bar.close()
+
+
+def _start_worker(stage: Stage, study_dir: Path, *, expected: bool, threads: int) -> subprocess.Popen:
+    """A worker process running `stage` with `threads` threads; its stdout and stderr (C-level
+    output included) go to the stage's log."""
+    path = log_path(stage)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+               RAYON_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false")  # fmt: skip
+    with open(path, "ab") as log:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "aesr1.train.study.worker", str(os.getpid())],
+            stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+    worker.stdin.write(pickle.dumps((stage, str(study_dir), expected)))
+    worker.stdin.close()
+    return worker
+
+
+def run_parallel(todo: list[Stage], study_dir: Path, *, expected: bool, jobs: int, bar) -> None:
+    """Run `todo` with up to `jobs` worker processes at once. A RAPO stage waits for its cold start;
+    cold starts go first (each unblocks RAPO runs), otherwise plan order. When a stage fails, no
+    further stage starts, the running ones finish (nothing is lost), and a RuntimeError names the
+    failed stage and its log. When this process is interrupted its workers are stopped (each also
+    dies with it: `worker.py`), and `--resume` continues them from their checkpoints."""
+    threads = threads_per_job(jobs)
+    pending, running, failed = list(todo), {}, []
+    try:
+        while pending or running:
+            while not failed and len(running) < jobs:
+                ready = [s for s in pending if s.kind == "cold" or s.cold.done]
+                if not ready:
+                    break
+                stage = min(ready, key=lambda s: s.kind != "cold")
+                pending.remove(stage)
+                running[_start_worker(stage, study_dir, expected=expected, threads=threads)] = stage
+            if not running:
+                break
+            bar.set_postfix_str("; ".join(stage.label() for stage in running.values()))
+            time.sleep(0.25)
+            for worker in [w for w in running if w.poll() is not None]:
+                stage = running.pop(worker)
+                if worker.returncode != 0 or not stage.done:
+                    failed.append(f"{stage.label()} exited with {worker.returncode} (log: {log_path(stage)})")
+                else:
+                    bar.update(1)
+    except BaseException:
+        for worker in running:
+            worker.send_signal(signal.SIGTERM)
+        for worker in running:
+            worker.wait()
+        raise
+    if failed:
+        raise RuntimeError("study stage failed: " + "; ".join(failed))
+    if pending:  # only when a cold start failed above; listed for completeness
+        raise RuntimeError(f"{len(pending)} stages could not start: their cold start did not finish")
