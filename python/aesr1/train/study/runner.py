@@ -225,7 +225,7 @@ def run_parallel(todo: list[Stage], study_dir: Path, *, expected: bool, jobs: in
     failed stage and its log. When this process is interrupted its workers are stopped (each also
     dies with it: `worker.py`), and `--resume` continues them from their checkpoints."""
     threads = threads_per_job(jobs)
-    pending, running, failed = list(todo), {}, []
+    pending, running, failed, last_shown = list(todo), {}, [], ""
     try:
         while pending or running:
             while not failed and len(running) < jobs:
@@ -237,7 +237,9 @@ def run_parallel(todo: list[Stage], study_dir: Path, *, expected: bool, jobs: in
                 running[_start_worker(stage, study_dir, expected=expected, threads=threads)] = stage
             if not running:
                 break
-            bar.set_postfix_str("; ".join(stage.label() for stage in running.values()))
+            shown = "; ".join(stage.label() for stage in running.values())
+            if shown != last_shown:  # a refresh per poll would flood a log that holds the bar
+                bar.set_postfix_str(last_shown := shown)
             time.sleep(0.25)
             for worker in [w for w in running if w.poll() is not None]:
                 stage = running.pop(worker)
